@@ -1,0 +1,163 @@
+"""Sample tables -> encoded arrays -> training batches.
+
+A sample table has one row per impression (the ``../shared/data`` layout): ``user_id``, ``label``,
+one column per candidate field ``f`` with its history in ``hist_f`` (a list, oldest first), and
+optional profile and context columns. Everything is vectorised over whole columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from model.din import Batch
+from model.schema import PAD, FeatureSchema, FeatureSpace
+
+CONTEXT_COLUMNS = ("hour", "weekday")  # recognised as context; other scalar columns are profile
+NON_FEATURE_COLUMNS = ("user_id", "label", "timestamp")
+
+
+def infer_schema(table: pa.Table) -> FeatureSchema:
+    names = table.column_names
+    behavior = tuple(n[len("hist_") :] for n in names if n.startswith("hist_") and n[len("hist_") :] in names)
+    taken = set(behavior) | {f"hist_{b}" for b in behavior} | set(NON_FEATURE_COLUMNS)
+    context = tuple(n for n in names if n in CONTEXT_COLUMNS)
+    profile = tuple(n for n in names if n not in taken and n not in context)
+    return FeatureSchema(profile=profile, behavior=behavior, context=context)
+
+
+def read_split(directory: Path, split: str) -> pa.Table:
+    return pq.read_table(directory / f"{split}.parquet")
+
+
+def vocab_columns(table: pa.Table, schema: FeatureSchema) -> dict[str, np.ndarray]:
+    """Every training occurrence of each feature: candidates and behaviours feed the shared tables."""
+    cols = {n: table[n].to_numpy() for n in (*schema.profile, *schema.context)}
+    for f in schema.behavior:
+        flat = pc.list_flatten(table[f"hist_{f}"]).to_numpy()
+        cols[f] = np.concatenate([table[f].to_numpy(), flat])
+    return cols
+
+
+@dataclass
+class Samples:
+    """Encoded samples; row i of every array is impression i."""
+
+    profile: np.ndarray  # [n, P] int64
+    context: np.ndarray  # [n, C] int64
+    candidate: np.ndarray  # [n, F] int64
+    history: np.ndarray  # [n, L, F] int32 (indices fit; halves memory), PAD after history_len
+    history_len: np.ndarray  # [n] int64
+    label: np.ndarray  # [n] float32
+    user: np.ndarray  # [n] raw user ids, for GAUC
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, idx: np.ndarray) -> Samples:
+        return Samples(*(a[idx] for a in self.__dict__.values()))
+
+    def batch(self, idx: np.ndarray) -> tuple[Batch, torch.Tensor]:
+        lengths = self.history_len[idx]
+        width = max(int(lengths.max(initial=0)), 1)  # trim padding that no row of this batch uses
+        b = Batch(
+            profile=torch.from_numpy(self.profile[idx]),
+            context=torch.from_numpy(self.context[idx]),
+            candidate=torch.from_numpy(self.candidate[idx]),
+            history=torch.from_numpy(self.history[idx, :width].astype(np.int64)),
+            history_len=torch.from_numpy(lengths),
+        )
+        return b, torch.from_numpy(self.label[idx])
+
+    def batches(
+        self, batch_size: int, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """In order, or shuffled when ``rng`` is given."""
+        order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+def encode(table: pa.Table, space: FeatureSpace, max_history: int) -> Samples:
+    s, n = space.schema, table.num_rows
+
+    def scalar_group(names: tuple[str, ...]) -> np.ndarray:
+        cols = [space.vocabs[c].encode(table[c].to_numpy(zero_copy_only=False)) for c in names]
+        return np.stack(cols, axis=1) if cols else np.zeros((n, 0), dtype=np.int64)
+
+    history = np.zeros((n, max_history, len(s.behavior)), dtype=np.int32)
+    history_len = np.zeros(n, dtype=np.int64)
+    for i, f in enumerate(s.behavior):
+        padded, history_len = _last_k_padded(table[f"hist_{f}"], max_history)
+        flat_codes = space.vocabs[f].encode(padded.values)
+        history[..., i] = np.where(padded.mask, flat_codes.reshape(n, max_history), PAD)
+    return Samples(
+        profile=scalar_group(s.profile),
+        context=scalar_group(s.context),
+        candidate=scalar_group(s.behavior),
+        history=history,
+        history_len=history_len,
+        label=table["label"].to_numpy().astype(np.float32),
+        user=table["user_id"].to_numpy(zero_copy_only=False),
+    )
+
+
+@dataclass
+class _Padded:
+    values: np.ndarray  # [n*K] raw ids (garbage where mask is False)
+    mask: np.ndarray  # [n, K]
+
+
+def _last_k_padded(column: pa.ChunkedArray | pa.Array, k: int) -> tuple[_Padded, np.ndarray]:
+    """The most recent k elements of each list, left-aligned, oldest first."""
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    ends = np.cumsum(lengths)
+    kept = np.minimum(lengths, k)
+    starts = ends - kept
+    pos = np.arange(k)
+    mask = pos < kept[:, None]  # [n, k]
+    idx = np.where(mask, starts[:, None] + pos, 0)
+    values = flat[idx.reshape(-1)] if len(flat) else np.zeros(idx.size, dtype=np.int64)
+    return _Padded(values=values, mask=mask), kept
+
+
+def split_by_user(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of rows whose user falls in a seeded random ``fraction`` of users."""
+    uniq = np.unique(users)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(uniq, size=max(1, round(fraction * len(uniq))), replace=False)
+    return np.isin(users, chosen)
+
+
+@dataclass
+class Tables:
+    train: pa.Table
+    test: pa.Table
+    source: str  # what the samples were built from, recorded in metrics and manifests
+
+
+def load_tables(data: str, max_history: int, seed: int) -> Tables:
+    """``data`` is "synthetic", a folder with train/test.parquet, or a folder with a raw log."""
+    from model import logs, synthetic  # local: each pulls in only what its format needs
+
+    if data == "synthetic":
+        train, test = synthetic.generate(synthetic.SyntheticSpec(max_history=max_history, seed=seed))
+        return Tables(train, test, f"synthetic(seed={seed})")
+    directory = Path(data)
+    if (directory / "train.parquet").exists() and (directory / "test.parquet").exists():
+        return Tables(read_split(directory, "train"), read_split(directory, "test"), str(directory.resolve()))
+    if logs.is_raw_log_dir(directory):
+        train, test = logs.build_samples(directory, max_history=max_history, seed=seed)
+        return Tables(train, test, f"{directory.resolve()} (raw log, DIN protocol)")
+    raise FileNotFoundError(
+        f"--data {data}: expected 'synthetic', or a folder with train.parquet and test.parquet, "
+        f"or a folder with {' and '.join(logs.LOG_FILES)}"
+    )

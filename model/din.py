@@ -1,0 +1,249 @@
+"""Deep Interest Network (Zhou et al., KDD 2018) and its BaseModel, in one file.
+
+Shapes: B samples, L behaviour slots (padded), F behaviour/candidate fields, P profile fields,
+C context fields, D embedding dim, T = number of real (non-padding) behaviours in the batch.
+
+Attention is computed on the T real behaviours only (packed with ``mask.nonzero``), so padding can
+never change a score, Dice's statistics never see padding, and the cost follows the real history
+length rather than the padded one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from model.schema import PAD, FeatureSpace
+
+
+@dataclass
+class DINConfig:
+    model: str = "din"  # "din" (attention pooling) or "base" (sum/mean pooling, the paper's BaseModel)
+    embed_dim: int = 32  # per feature; a behaviour is the concat of its F field embeddings
+    attention_hidden: tuple[int, ...] = (64, 16)  # activation unit MLP, as in the paper
+    mlp_hidden: tuple[int, ...] = (200, 80)  # final MLP, as in the paper
+    activation: str = "dice"  # "dice" or "prelu", for both MLPs
+    attention_softmax: bool = False  # the paper keeps raw weights so interest intensity survives
+    base_pooling: str = "sum"  # BaseModel only: "sum" or "mean"
+    regularization: str = "mba"  # "mba" (mini-batch aware, eq. 6-7), "l2" (full tables) or "none"
+    reg_lambda: float = 0.01  # λ of the chosen regularizer
+    dice_eps: float = 1e-8  # ε of Dice, as in the paper
+    dice_momentum: float = 0.1  # running-statistics momentum of Dice
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DINConfig:
+        d = dict(d)
+        for k in ("attention_hidden", "mlp_hidden"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class Batch(NamedTuple):
+    profile: Tensor  # [B, P] int64
+    context: Tensor  # [B, C] int64
+    candidate: Tensor  # [B, F] int64
+    history: Tensor  # [B, L, F] int64, PAD after the real behaviours
+    history_len: Tensor  # [B] int64
+
+
+class Dice(nn.Module):
+    """f(s) = p(s)·s + (1 − p(s))·α·s with p(s) = sigmoid((s − E[s]) / sqrt(Var[s] + ε)).
+
+    E and Var are per-unit batch statistics in training and running statistics in eval, where
+    Dice is therefore a fixed function. Input is [rows, H]: callers pass real rows only.
+    """
+
+    running_mean: Tensor
+    running_var: Tensor
+
+    def __init__(self, dim: int, eps: float = 1e-8, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.alpha = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, s: Tensor) -> Tensor:
+        if self.training and s.shape[0] > 0:
+            mean, var = s.mean(0), s.var(0, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        p = torch.sigmoid((s - mean) * torch.rsqrt(var + self.eps))
+        return p * s + (1 - p) * self.alpha * s
+
+
+class MLP(nn.Sequential):
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], activation: str, cfg: DINConfig):
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers.append(nn.Linear(in_dim, h))
+            if activation == "dice":
+                layers.append(Dice(h, cfg.dice_eps, cfg.dice_momentum))
+            elif activation == "prelu":
+                layers.append(nn.PReLU(h))
+            else:
+                raise ValueError(f"activation must be 'dice' or 'prelu', got {activation!r}")
+            in_dim = h
+        layers.append(nn.Linear(in_dim, 1))
+        super().__init__(*layers)
+
+
+class DIN(nn.Module):
+    def __init__(self, cfg: DINConfig, space: FeatureSpace):
+        super().__init__()
+        self.cfg, self.schema = cfg, space.schema
+        d = cfg.embed_dim
+        self.embeddings = nn.ModuleDict(
+            {name: nn.Embedding(len(v), d, padding_idx=PAD) for name, v in space.vocabs.items()}
+        )
+        for name, v in space.vocabs.items():  # n_j of the paper, for mini-batch aware regularisation
+            self.register_buffer(f"count_{name}", torch.as_tensor(v.counts).clamp(min=1).float())
+        for name in space.vocabs:
+            weight = self.table(name).weight
+            nn.init.normal_(weight, std=0.01)
+            with torch.no_grad():
+                weight[PAD].zero_()
+        s = self.schema
+        self.behavior_dim = len(s.behavior) * d
+        self.attention = MLP(4 * self.behavior_dim, cfg.attention_hidden, cfg.activation, cfg)
+        mlp_in = (len(s.profile) + len(s.context)) * d + 2 * self.behavior_dim
+        self.mlp = MLP(mlp_in, cfg.mlp_hidden, cfg.activation, cfg)
+
+    # -- embeddings ---------------------------------------------------------------------------
+    def table(self, name: str) -> nn.Embedding:
+        emb = self.embeddings[name]
+        assert isinstance(emb, nn.Embedding)
+        return emb
+
+    def embed_fields(self, ids: Tensor, names: tuple[str, ...]) -> Tensor:
+        """ids [..., K] -> [..., K*D], one table per name."""
+        if not names:
+            return ids.new_zeros((*ids.shape[:-1], 0), dtype=torch.float32)
+        return torch.cat([self.embeddings[n](ids[..., i]) for i, n in enumerate(names)], dim=-1)
+
+    # -- pooling ------------------------------------------------------------------------------
+    def pool_behaviors(self, e: Tensor, rows: Tensor, v: Tensor) -> Tensor:
+        """DIN's activation unit. e [T, FD] real behaviours, rows [T] their sample, v [B, FD]."""
+        w = self.attention_weights(e, rows, v)  # [T]
+        return v.new_zeros(v.shape).index_add_(0, rows, w.unsqueeze(1) * e)  # v_U [B, FD]
+
+    def attention_weights(self, e: Tensor, rows: Tensor, v: Tensor) -> Tensor:
+        va = v[rows]  # [T, FD]
+        a = self.attention(torch.cat([e, va, e - va, e * va], dim=1)).squeeze(1)  # [T]
+        if not self.cfg.attention_softmax:
+            return a
+        amax = a.new_full((v.shape[0],), float("-inf")).scatter_reduce(0, rows, a, "amax")
+        ex = torch.exp(a - amax[rows])
+        return ex / a.new_zeros(v.shape[0]).index_add_(0, rows, ex)[rows]
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, b: Batch) -> Tensor:
+        """Returns one logit per sample, [B]."""
+        s = self.schema
+        v = self.embed_fields(b.candidate, s.behavior)  # [B, FD]
+        L = b.history.shape[1]
+        mask = torch.arange(L, device=v.device) < b.history_len.unsqueeze(1)  # [B, L]
+        rows, cols = mask.nonzero(as_tuple=True)  # [T], [T]
+        e = self.embed_fields(b.history[rows, cols], s.behavior)  # [T, FD]
+        user_interest = self.pool_behaviors(e, rows, v)  # [B, FD]
+        x = torch.cat(
+            [
+                self.embed_fields(b.profile, s.profile),  # [B, P*D]
+                user_interest,
+                v,
+                self.embed_fields(b.context, s.context),  # [B, C*D]
+            ],
+            dim=1,
+        )
+        return self.mlp(x).squeeze(1)
+
+    # -- regularisation -----------------------------------------------------------------------
+    def regularization(self, b: Batch) -> Tensor:
+        """λ·Σ_j ||w_j||² / n_j over rows used in this mini-batch (MBA), or λ·||W||² (l2), or 0."""
+        cfg = self.cfg
+        zero = torch.zeros((), device=b.candidate.device)
+        if cfg.regularization == "none" or cfg.reg_lambda == 0:
+            return zero
+        if cfg.regularization == "l2":
+            return cfg.reg_lambda * sum((self.table(n).weight.square().sum() for n in self.embeddings), zero)
+        if cfg.regularization != "mba":
+            raise ValueError(f"regularization must be 'mba', 'l2' or 'none', got {cfg.regularization!r}")
+        total = zero
+        for name, ids in self._ids_by_feature(b).items():
+            used = torch.unique(ids)
+            used = used[used != PAD]
+            w = self.table(name).weight[used]  # [U, D]
+            n = self.get_buffer(f"count_{name}")[used]  # [U]
+            total = total + (w.square().sum(1) / n).sum()
+        return cfg.reg_lambda * total
+
+    def _ids_by_feature(self, b: Batch) -> dict[str, Tensor]:
+        s = self.schema
+        ids = {n: b.profile[:, i] for i, n in enumerate(s.profile)}
+        ids |= {n: b.context[:, i] for i, n in enumerate(s.context)}
+        for i, n in enumerate(s.behavior):
+            ids[n] = torch.cat([b.candidate[:, i], b.history[..., i].reshape(-1)])
+        return ids
+
+
+class BaseModel(DIN):
+    """The paper's BaseModel: the same embeddings and MLP, with sum (or mean) pooling of behaviours."""
+
+    def pool_behaviors(self, e: Tensor, rows: Tensor, v: Tensor) -> Tensor:
+        pooled = v.new_zeros(v.shape).index_add_(0, rows, e)  # [B, FD]
+        if self.cfg.base_pooling == "sum":
+            return pooled
+        if self.cfg.base_pooling == "mean":
+            n = torch.bincount(rows, minlength=v.shape[0]).clamp(min=1)
+            return pooled / n.unsqueeze(1)
+        raise ValueError(f"base_pooling must be 'sum' or 'mean', got {self.cfg.base_pooling!r}")
+
+
+def build_model(cfg: DINConfig, space: FeatureSpace) -> DIN:
+    if cfg.model == "din":
+        return DIN(cfg, space)
+    if cfg.model == "base":
+        return BaseModel(cfg, space)
+    raise ValueError(f"model must be 'din' or 'base', got {cfg.model!r}")
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild a trained model: no hyper-parameter lives anywhere else."""
+
+    config: DINConfig
+    space: FeatureSpace
+    state_dict: dict[str, Tensor]
+    extra: dict[str, Any] = field(default_factory=dict)  # training data, metrics, ...
+
+    def save(self, path: str) -> None:
+        torch.save(
+            {
+                "config": self.config.to_dict(),
+                "space": self.space.to_dict(),
+                "state_dict": self.state_dict,
+                "extra": self.extra,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str) -> Checkpoint:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(
+            DINConfig.from_dict(d["config"]), FeatureSpace.from_dict(d["space"]), d["state_dict"], d["extra"]
+        )
+
+    def build(self) -> DIN:
+        model = build_model(self.config, self.space)
+        model.load_state_dict(self.state_dict)
+        return model.eval()

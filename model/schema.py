@@ -1,0 +1,150 @@
+"""DIN's four feature groups and their vocabularies, in one declaration.
+
+Every feature is a categorical id. A vocabulary maps raw ids (ints or strings, exactly as they
+appear in logs and in Redis) to dense indices: 0 is padding, 1 is unknown, 2.. are the ids seen in
+training. The mapping is a vectorised ``searchsorted`` over the sorted raw ids, so it needs only
+numpy: the service uses this module without torch.
+
+Behaviour fields and candidate fields are the same features (an item id is an item id whether it
+was clicked earlier or is being scored now), so they share one vocabulary and one embedding table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PAD = 0
+OOV = 1
+N_RESERVED = 2
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Names of the features in each group. Any group may be empty."""
+
+    profile: tuple[str, ...] = ()  # per user, e.g. age, gender, occupation
+    behavior: tuple[str, ...] = ("item_id", "category_id")  # per behaviour AND per candidate ad
+    context: tuple[str, ...] = ()  # per impression, e.g. hour, weekday
+
+    def __post_init__(self) -> None:
+        if not self.behavior:
+            raise ValueError("schema.behavior must name at least one field (the candidate's id)")
+        names = [*self.profile, *self.behavior, *self.context]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique across groups, got {names}")
+
+    @property
+    def all_features(self) -> tuple[str, ...]:
+        return (*self.profile, *self.behavior, *self.context)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"profile": list(self.profile), "behavior": list(self.behavior), "context": list(self.context)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
+        return cls(tuple(d.get("profile", ())), tuple(d["behavior"]), tuple(d.get("context", ())))
+
+
+@dataclass
+class Vocab:
+    """Raw id -> index. ``keys`` is sorted; ``counts[i]`` is the training frequency of index i."""
+
+    keys: np.ndarray  # [V-2] sorted unique raw ids, int64 or str
+    counts: np.ndarray = field(repr=False)  # [V] int64, counts[PAD] = counts[OOV] = 0
+
+    @classmethod
+    def build(cls, values: np.ndarray, min_count: int = 1) -> Vocab:
+        """Builds from every raw occurrence in the training data (so counts are n_j of the paper)."""
+        values = _normalise(values)
+        keys, counts = np.unique(values, return_counts=True)
+        keep = counts >= min_count
+        keys, counts = keys[keep], counts[keep]
+        return cls(keys=keys, counts=np.concatenate([[0, 0], counts]).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.keys) + N_RESERVED
+
+    @property
+    def is_string(self) -> bool:
+        return self.keys.dtype.kind in "US"
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        """Vectorised lookup; unknown ids (and ids of the wrong type) map to OOV. Shape is kept."""
+        raw = np.asarray(raw)
+        if raw.size == 0:
+            return np.zeros(raw.shape, dtype=np.int64)
+        if self.is_string != (raw.dtype.kind in "USO"):
+            raw = raw.astype(str) if self.is_string else _to_int_or_none(raw)
+        raw = _normalise(raw)
+        if len(self.keys) == 0:
+            return np.full(raw.shape, OOV, dtype=np.int64)
+        pos = np.searchsorted(self.keys, raw)
+        pos_clipped = np.minimum(pos, len(self.keys) - 1)
+        hit = self.keys[pos_clipped] == raw
+        return np.where(hit, pos_clipped + N_RESERVED, OOV).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dtype": "str" if self.is_string else "int",
+            "keys": self.keys.tolist(),
+            "counts": self.counts.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Vocab:
+        dtype = np.str_ if d["dtype"] == "str" else np.int64
+        keys = np.asarray(d["keys"], dtype=dtype)
+        if d["dtype"] == "str" and len(keys) == 0:
+            keys = np.asarray([], dtype="<U1")
+        return cls(keys=keys, counts=np.asarray(d["counts"], dtype=np.int64))
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind in "OS":
+        return values.astype(str)
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64)
+    if values.dtype.kind == "U":
+        return values
+    raise TypeError(f"feature ids must be integers or strings, got dtype {values.dtype}")
+
+
+def _to_int_or_none(raw: np.ndarray) -> np.ndarray:
+    """Strings sent for an integer feature: numeric ones are parsed, the rest become -1 (never a key)."""
+    out = np.full(raw.size, -1, dtype=np.int64)
+    for i, v in enumerate(raw.reshape(-1)):  # only reached on mistyped input, never on the hot path
+        with contextlib.suppress(TypeError, ValueError):
+            out[i] = int(v)
+    return out.reshape(raw.shape)
+
+
+@dataclass
+class FeatureSpace:
+    """A schema plus one vocabulary per embedding table. Saved inside every checkpoint."""
+
+    schema: FeatureSchema
+    vocabs: dict[str, Vocab]  # keyed by feature name; behaviour fields double as candidate fields
+
+    @classmethod
+    def build(cls, schema: FeatureSchema, columns: dict[str, np.ndarray], min_count: int = 1) -> FeatureSpace:
+        """``columns[name]`` holds every training occurrence of that feature (behaviours included)."""
+        missing = [n for n in schema.all_features if n not in columns]
+        if missing:
+            raise ValueError(f"training data has no column for features {missing}")
+        return cls(schema, {n: Vocab.build(columns[n], min_count) for n in schema.all_features})
+
+    def sizes(self) -> dict[str, int]:
+        return {n: len(v) for n, v in self.vocabs.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema.to_dict(), "vocabs": {n: v.to_dict() for n, v in self.vocabs.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpace:
+        schema = FeatureSchema.from_dict(d["schema"])
+        return cls(schema, {n: Vocab.from_dict(v) for n, v in d["vocabs"].items()})

@@ -1,0 +1,136 @@
+"""Train every model variant on every dataset and write the README's results table.
+
+    python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md
+
+Each cell is one `python -m model.train` run with default settings except the variant's flags,
+so the table is reproducible command by command. Epochs are picked on validation users; the
+table shows test metrics only. Prints the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# name -> flags on top of the defaults (DIN with Dice and mini-batch aware regularisation)
+VARIANTS: dict[str, list[str]] = {
+    "BaseModel (sum)": ["--model", "base", "--base-pooling", "sum"],
+    "BaseModel (mean)": ["--model", "base", "--base-pooling", "mean"],
+    "DIN": ["--activation", "prelu", "--regularization", "none"],
+    "DIN+Dice": ["--activation", "dice", "--regularization", "none"],
+    "DIN+MBA": ["--activation", "prelu", "--regularization", "mba"],
+    "DIN+Dice+MBA": ["--activation", "dice", "--regularization", "mba"],
+}
+DATASETS = ("amazon-sports", "amazon-hin", "movielens-100k")
+BASES = ("BaseModel (sum)", "BaseModel (mean)")
+START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
+
+
+def machine() -> str:
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in line
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def train(dataset: Path, variant: str, out: Path, extra: list[str]) -> dict:
+    run_dir = (
+        out / dataset.name / variant.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
+    )
+    metrics = run_dir / "metrics.json"
+    if not metrics.exists():
+        cmd = [
+            sys.executable,
+            "-m",
+            "model.train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(run_dir),
+            "--no-progress",
+        ]
+        cmd += VARIANTS[variant] + extra
+        print("$", " ".join(cmd), flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "train.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return json.loads(metrics.read_text())
+
+
+def table(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
+    head = "| model | " + " | ".join(datasets) + " |\n|---|" + "---|" * len(datasets) + "\n"
+    rows = []
+    for variant in VARIANTS:
+        cells = []
+        for ds in datasets:
+            m = results[ds].get(variant)
+            if m is None:
+                cells.append("—")
+                continue
+            t = m["test"]
+            best_base = max(results[ds][b]["test"]["gauc"] for b in BASES if b in results[ds])
+            impr = ((t["gauc"] - 0.5) / (best_base - 0.5) - 1) * 100
+            rel = "" if variant in BASES else f", RelaImpr {impr:+.1f}%"
+            cells.append(
+                f"AUC {t['auc']:.4f} · **GAUC {t['gauc']:.4f}** · logloss {t['logloss']:.4f} · "
+                f"{m['epoch_seconds']:.0f} s/epoch (best epoch {m['best_epoch']}){rel}"
+            )
+        rows.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", type=Path, default=Path("runs/bench_train"))
+    p.add_argument(
+        "--readme", type=Path, help="replace the table between the bench_train markers in this file"
+    )
+    p.add_argument("extra", nargs="*", help="flags passed to every model.train run (after --)")
+    a = p.parse_args()
+    missing = [d for d in a.datasets if not (a.data_root / d).is_dir()]
+    if missing:
+        p.error(f"--data-root {a.data_root}: no folder for {missing}")
+
+    started = time.time()
+    results: dict[str, dict[str, dict]] = {ds: {} for ds in a.datasets}
+    for ds in a.datasets:
+        for variant in a.variants:
+            results[ds][variant] = train(a.data_root / ds, variant, a.out, a.extra)
+            t = results[ds][variant]["test"]
+            print(f"{ds:15s} {variant:17s} test AUC {t['auc']:.4f} GAUC {t['gauc']:.4f} ll {t['logloss']:.4f}")
+    md = table(results, a.datasets)
+    info = f"Machine: {machine()}. Wall time {(time.time() - started) / 60:.0f} min."
+    print(md + "\n" + info)
+    (a.out / "results.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    (a.out / "results.md").write_text(md + "\n" + info + "\n")
+    if a.readme:
+        text = a.readme.read_text()
+        if START not in text or END not in text:
+            p.error(f"{a.readme} has no {START} ... {END} block")
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        a.readme.write_text(f"{before}{START}\n{md}\n{info}\n{END}{after}")
+
+
+if __name__ == "__main__":
+    main()
