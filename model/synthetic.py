@@ -2,8 +2,9 @@
 
 Each user has a few interest categories. Their behaviours are drawn from those interests. A
 candidate is clicked with a probability that grows with the number of the user's recent
-behaviours in the candidate's category (plus a small item-quality, profile and context effect),
-so a model that attends to the matching behaviours should beat one that averages them away.
+behaviours in the candidate's category and jumps when the user has the candidate's complement
+item (plus a small item-quality, profile and context effect), so a model that attends to the
+matching behaviours should beat one that averages them away.
 It is for the offline demo, load tests and fast unit tests; anything trained on it says "synthetic".
 """
 
@@ -93,11 +94,25 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> tuple[pa.Table, pa.Table]
     hist_end = user_start[imp_user] + cut
     hist_start = np.maximum(user_start[imp_user], hist_end - spec.max_history)
 
-    # Half the candidates come from a category the user has shown, half from the whole catalog.
-    from_history = log.item[user_start[imp_user] + (rng.random(len(imp_user)) * cut).astype(int)]
-    random_item = rng.integers(0, spec.n_items, len(imp_user))
-    candidate = np.where(rng.random(len(imp_user)) < 0.5, from_history, random_item)
+    # Every item has a complement (think charger for a phone), paired inside its category, so only an
+    # item-level comparison with single behaviours can see it. A third of the candidates are the
+    # complement of one of the user's behaviours, a third share a category with one, a third are random.
+    order = np.lexsort((rng.random(spec.n_items), log.item_category))
+    complement = np.empty(spec.n_items, dtype=np.int64)
+    pairs = order[: len(order) // 2 * 2].reshape(-1, 2)
+    complement[pairs[:, 0]], complement[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+    if len(order) % 2:
+        complement[order[-1]] = order[-1]
+    behaviour = log.item[user_start[imp_user] + (rng.random(len(imp_user)) * cut).astype(int)]
+    same_category = _random_item_in_category(log.item_category, log.item_category[behaviour], rng)
+    kind = rng.integers(0, 3, len(imp_user))
+    candidate = np.select(
+        [kind == 0, kind == 1],
+        [complement[behaviour], same_category],
+        rng.integers(0, spec.n_items, len(imp_user)),
+    )
     cand_cat = log.item_category[candidate]
+    has_complement = _count_in_range(log.item, complement[candidate], hist_start, hist_end) > 0
 
     recent = _count_in_range(
         log.category, cand_cat, np.maximum(hist_start, hist_end - spec.recent_window), hist_end
@@ -106,7 +121,8 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> tuple[pa.Table, pa.Table]
     weekday = rng.integers(0, 7, len(imp_user))
     logit = (
         -2.0
-        + 1.6 * np.sqrt(recent)
+        + 1.0 * np.sqrt(recent)
+        + 2.0 * has_complement
         + quality[candidate]
         + 0.4 * (hour >= 18)
         + 0.3 * (log.gender[imp_user] == "F")
@@ -130,6 +146,15 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> tuple[pa.Table, pa.Table]
     )
     is_test = np.tile(np.arange(m) >= m - spec.test_impressions, spec.n_users)
     return table.filter(pa.array(~is_test)), table.filter(pa.array(is_test))
+
+
+def _random_item_in_category(
+    item_category: np.ndarray, category: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    by_category = np.argsort(item_category, kind="stable")
+    start = np.searchsorted(item_category[by_category], category)
+    size = np.searchsorted(item_category[by_category], category, side="right") - start
+    return by_category[start + (rng.random(len(category)) * size).astype(int)]
 
 
 def _count_in_range(values: np.ndarray, query: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:

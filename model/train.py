@@ -125,9 +125,8 @@ def run(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
         "config": {"model": cfg.to_dict(), "train": asdict(tc)},
         "history": history,
     }
-    Checkpoint(
-        cfg, space, model.state_dict(), extra={k: result[k] for k in ("data", "test", "valid", "best_epoch")}
-    ).save(str(out / "ckpt.pt"))
+    extra = {k: result[k] for k in ("data", "test", "valid", "best_epoch")} | {"max_history": tc.max_history}
+    Checkpoint(cfg, space, model.state_dict(), extra=extra).save(str(out / "ckpt.pt"))
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     plot_curves(history, out / "curves.png", title=f"{cfg.model} on {tables.source}")
     return result

@@ -8,8 +8,7 @@ from model.din import Batch
 from model.schema import FeatureSchema, FeatureSpace
 
 
-@pytest.fixture
-def space() -> FeatureSpace:
+def make_space() -> FeatureSpace:
     """All four groups, with vocabularies of known sizes and counts."""
     rng = np.random.default_rng(0)
     schema = FeatureSchema(profile=("age", "gender"), behavior=("item_id", "category_id"), context=("hour",))
@@ -23,6 +22,11 @@ def space() -> FeatureSpace:
             "hour": rng.integers(0, 24, 500),
         },
     )
+
+
+@pytest.fixture
+def space() -> FeatureSpace:
+    return make_space()
 
 
 def random_batch(

@@ -1,0 +1,234 @@
+"""Export a trained run to a self-contained model bundle (see model/bundle.py).
+
+    python -m model.export --run runs/din --bundle models/v1
+
+The export is only published if onnxruntime's scores equal the torch training graph's within
+``--tolerance`` on ragged histories (L = 0 .. max_history), 1 and 1000 candidates, unknown ids,
+and R = 1 and R = 8 requests. The bundle directory appears atomically: it is written next to its
+final path and renamed into place, so a reader never sees half a bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from model.bundle import (
+    INPUTS,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OUTPUTS,
+    SPACE_FILE,
+    load_bundle,
+    session_options,
+    sha256,
+    signature,
+)
+from model.din import DIN, Batch, BaseModel, Checkpoint
+from model.schema import FeatureSpace
+from model.serving import ServingGraph, ServingInputs
+
+DEFAULT_OPSET = 18
+DYNAMIC_AXES = {
+    "profile": {0: "R"},
+    "context": {0: "R"},
+    "history": {0: "R", 1: "L"},
+    "history_len": {0: "R"},
+    "candidate": {0: "N"},
+    "request_index": {0: "N"},
+    "ctr": {0: "N"},
+    "attention": {0: "N", 1: "L"},
+}
+
+
+def random_inputs(
+    space: FeatureSpace,
+    lengths: list[int],
+    n_per_request: list[int],
+    width: int,
+    seed: int,
+    oov_share: float = 0.0,
+) -> ServingInputs:
+    """R = len(lengths) requests; ids drawn from each vocabulary, a share replaced by the OOV index."""
+    g = torch.Generator().manual_seed(seed)
+    s, sizes = space.schema, space.sizes()
+
+    def ids(names: tuple[str, ...], *shape: int) -> torch.Tensor:
+        if not names:
+            return torch.zeros((*shape, 0), dtype=torch.long)
+        x = torch.stack([torch.randint(2, max(sizes[n], 3), shape, generator=g) for n in names], -1)
+        return torch.where(torch.rand(x.shape, generator=g) < oov_share, torch.ones_like(x), x)
+
+    r, n = len(lengths), sum(n_per_request)
+    hist_len = torch.tensor(lengths, dtype=torch.long)
+    history = ids(s.behavior, r, width)
+    history[torch.arange(width) >= hist_len.unsqueeze(1)] = 0
+    request_index = torch.repeat_interleave(torch.arange(r), torch.tensor(n_per_request))
+    return ServingInputs(
+        ids(s.profile, r), ids(s.context, r), history, hist_len, ids(s.behavior, n), request_index
+    )
+
+
+def tile(x: ServingInputs) -> Batch:
+    """The training graph's view: every candidate a separate sample carrying a copy of its history."""
+    r = x.request_index
+    return Batch(x.profile[r], x.context[r], x.candidate, x.history[r], x.history_len[r])
+
+
+def reference(model: DIN, x: ServingInputs) -> tuple[np.ndarray, np.ndarray]:
+    """CTR and attention [N, L] from the torch training graph, on tiled inputs."""
+    b = tile(x)
+    with torch.inference_mode():
+        ctr = torch.sigmoid(model(b))
+        n, width = b.history.shape[:2]
+        mask = torch.arange(width) < b.history_len.unsqueeze(1)
+        rows, cols = mask.nonzero(as_tuple=True)
+        attention = torch.zeros(n, width)
+        if isinstance(model, BaseModel):
+            per = (
+                1 / b.history_len.clamp(min=1).float() if model.cfg.base_pooling == "mean" else torch.ones(n)
+            )
+            attention[rows, cols] = per[rows]
+        else:
+            v = model.embed_fields(b.candidate, model.schema.behavior)
+            e = model.embed_fields(b.history[rows, cols], model.schema.behavior)
+            attention[rows, cols] = model.attention_weights(e, rows, v)
+    return ctr.numpy(), attention.numpy()
+
+
+def parity_cases(space: FeatureSpace, max_history: int) -> dict[str, ServingInputs]:
+    m = max_history
+    return {
+        "R=1, N=1, L=0 (new user)": random_inputs(space, [0], [1], 0, seed=1),
+        "R=1, N=1000, ragged up to max_history": random_inputs(space, [m], [1000], m, seed=2),
+        "R=1, N=200, L=5 padded to max_history": random_inputs(space, [5], [200], m, seed=3),
+        "R=8, ragged incl. 0 and max_history": random_inputs(
+            space, [0, 1, 2, m // 2, m, 3, m - 1, 7], [1, 3, 50, 20, 2, 1, 9, 14], m, seed=4
+        ),
+        "R=8, 30% unknown ids": random_inputs(
+            space, [m, 4, 0, 9, 1, 2, 3, m], [5] * 8, m, seed=5, oov_share=0.3
+        ),
+    }
+
+
+def measure_parity(model: DIN, session: ort.InferenceSession, max_history: int) -> dict[str, float]:
+    errors = {"ctr": 0.0, "attention": 0.0}
+    for name, x in parity_cases(model.space, max_history).items():
+        ctr, attention = session.run(list(OUTPUTS), {k: v.numpy() for k, v in zip(INPUTS, x, strict=True)})
+        ref_ctr, ref_attention = reference(model, x)
+        if not (np.isfinite(ctr).all() and np.isfinite(attention).all()):
+            raise ValueError(f"parity case {name!r}: onnxruntime produced NaN or inf")
+        errors["ctr"] = max(errors["ctr"], float(np.abs(ctr - ref_ctr).max(initial=0)))
+        errors["attention"] = max(
+            errors["attention"], float(np.abs(attention - ref_attention).max(initial=0))
+        )
+    return errors
+
+
+def export_onnx(model: DIN, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    graph = ServingGraph(model).eval()
+    example = random_inputs(model.space, [3, 1], [4, 2], 5, seed=0)
+    # The exporter narrates and warns about internals users cannot act on; keep the CLI quiet.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            tuple(example),
+            str(path),
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_axes=DYNAMIC_AXES,
+            opset_version=opset,
+            external_data=False,
+            dynamo=True,
+        )
+
+
+def export_bundle(
+    ckpt_path: Path,
+    bundle: Path,
+    opset: int = DEFAULT_OPSET,
+    version: str | None = None,
+    tolerance: float = 1e-5,
+) -> dict[str, Any]:
+    ckpt = Checkpoint.load(str(ckpt_path))
+    model = ckpt.build()
+    max_history = int(ckpt.extra.get("max_history", 100))
+    if bundle.exists():
+        raise FileExistsError(f"--bundle {bundle} already exists; bundles are immutable, pick a new version")
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
+    try:
+        export_onnx(model, tmp / MODEL_FILE, opset)
+        if list(tmp.iterdir()) != [tmp / MODEL_FILE]:
+            raise RuntimeError(
+                f"the exporter wrote more than {MODEL_FILE}: {sorted(p.name for p in tmp.iterdir())}"
+            )
+        session = ort.InferenceSession(str(tmp / MODEL_FILE), session_options())
+        parity = measure_parity(model, session, max_history)
+        if max(parity.values()) > tolerance:
+            raise ValueError(f"parity check failed: max abs error {parity} > {tolerance}; bundle not written")
+        (tmp / SPACE_FILE).write_text(json.dumps(ckpt.space.to_dict()))
+        manifest = {
+            "version": version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "checkpoint": str(ckpt_path.resolve()),
+            "training": {k: ckpt.extra.get(k) for k in ("data", "test", "valid", "best_epoch")},
+            "model": ckpt.config.to_dict(),
+            "max_history": max_history,
+            "opset": opset,
+            "signature": signature(ckpt.space),
+            "parity_max_abs_error": parity,
+            "sha256": {name: sha256(tmp / name) for name in (MODEL_FILE, SPACE_FILE)},
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        load_bundle(tmp)  # the same validation the service runs, before anyone can see it
+        tmp.chmod(0o755)  # mkdtemp makes it private; the serving user must read it
+        tmp.rename(bundle)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="a model.train --out folder (or a ckpt.pt)")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder to create; must not exist")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--version", help="bundle version (default: UTC time of export)")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="max abs CTR/attention error vs torch")
+    a = p.parse_args(argv)
+    ckpt = a.run / "ckpt.pt" if a.run.is_dir() else a.run
+    if not ckpt.exists():
+        p.error(f"--run {a.run}: no ckpt.pt (train first: python -m model.train --out {a.run})")
+    if a.bundle.exists():
+        p.error(f"--bundle {a.bundle} already exists; bundles are immutable, pick a new folder")
+    t0 = time.perf_counter()
+    try:
+        manifest = export_bundle(ckpt, a.bundle, a.opset, a.version, a.tolerance)
+    except ValueError as e:
+        p.exit(1, f"export failed: {e}\n")
+    print(
+        f"wrote {a.bundle} (version {manifest['version']}) in {time.perf_counter() - t0:.1f}s; "
+        f"parity max abs error {manifest['parity_max_abs_error']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

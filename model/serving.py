@@ -1,0 +1,133 @@
+"""The serving graph: R requests, each one user against many candidates, in one run.
+
+Shapes: R requests, N candidates over all requests, L history slots, F behaviour fields,
+FD = F·D, H1 = first attention layer width.
+
+Scoring a candidate with the training graph means tiling the user's history once per candidate
+and running the whole activation unit on [e, v, e−v, e⊙v] for every (candidate, behaviour) pair.
+Here the first attention layer is split exactly:
+
+    W·[e; v; e−v; e⊙v] = (W_e + W_d)·e + (W_v − W_d)·v + W_p·(e⊙v)
+
+so the behaviour term is computed once per behaviour, the candidate term once per candidate, and
+only W_p·(e⊙v) and the later (narrow) layers run per pair: a quarter of the first layer's work.
+(Regrouping the behaviour and pair terms as e·(W_e + W_d + diag(v)·W_p) was measured slower at
+L = 50, because building one FD×H1 matrix per candidate costs more than it saves.) Dice is frozen into its eval-mode
+affine form. The history is an input once per request and is gathered per candidate inside the
+graph, never tiled by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from model.din import DIN, MLP, BaseModel, Dice
+
+
+class ServingInputs(NamedTuple):  # the order of model.bundle.INPUTS
+    profile: Tensor  # [R, P] int64
+    context: Tensor  # [R, C] int64
+    history: Tensor  # [R, L, F] int64, PAD after history_len
+    history_len: Tensor  # [R] int64
+    candidate: Tensor  # [N, F] int64
+    request_index: Tensor  # [N] int64, the request each candidate belongs to
+
+
+class FrozenDice(nn.Module):
+    """Dice in eval mode: f(s) = s·(α + (1 − α)·sigmoid(a·s + c)), a = 1/sqrt(Var + ε), c = −E·a."""
+
+    def __init__(self, dice: Dice):
+        super().__init__()
+        scale = torch.rsqrt(dice.running_var + dice.eps)
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", (-dice.running_mean * scale).detach().clone())
+        self.register_buffer("alpha", dice.alpha.detach().clone())
+
+    def forward(self, s: Tensor) -> Tensor:
+        return s * (self.alpha + (1 - self.alpha) * torch.sigmoid(s * self.scale + self.shift))
+
+
+class LastDimPReLU(nn.Module):
+    """PReLU over the last dim: nn.PReLU treats dim 1 as channels, which is L in [N, L, H]."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.register_buffer("weight", prelu.weight.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, x, self.weight * x)
+
+
+def frozen(mlp: MLP) -> nn.Sequential:
+    """The MLP with its activations in their eval-mode, any-rank form."""
+
+    def freeze(m: nn.Module) -> nn.Module:
+        if isinstance(m, Dice):
+            return FrozenDice(m)
+        if isinstance(m, nn.PReLU):
+            return LastDimPReLU(m)
+        return m
+
+    return nn.Sequential(*(freeze(m) for m in mlp))
+
+
+class ServingGraph(nn.Module):
+    def __init__(self, model: DIN):
+        super().__init__()
+        model = model.eval()
+        self.model, self.schema, self.cfg = model, model.schema, model.cfg
+        self.is_din = not isinstance(model, BaseModel)
+        first = model.attention[0]
+        assert isinstance(first, nn.Linear)
+        w_e, w_v, w_d, w_p = first.weight.detach().split(model.behavior_dim, dim=1)  # each [H1, FD]
+        self.register_buffer("w_behavior", (w_e + w_d).T.contiguous())  # [FD, H1]
+        self.register_buffer("w_candidate", (w_v - w_d).T.contiguous())  # [FD, H1]
+        self.register_buffer("w_pair", w_p.T.contiguous())  # [FD, H1]
+        self.register_buffer("b_first", first.bias.detach().clone())  # [H1]
+        self.attention_rest = frozen(model.attention)[1:]  # activation, then the narrow layers
+        self.mlp = frozen(model.mlp)
+
+    def forward(
+        self,
+        profile: Tensor,
+        context: Tensor,
+        history: Tensor,
+        history_len: Tensor,
+        candidate: Tensor,
+        request_index: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Returns ctr [N] (probabilities) and attention [N, L] (0 on padding)."""
+        s, embed = self.schema, self.model.embed_fields
+        v = embed(candidate, s.behavior)  # [N, FD]
+        e = embed(history, s.behavior)  # [R, L, FD]
+        slots = torch.arange(history.shape[1], device=history.device)
+        mask = (slots.unsqueeze(0) < history_len.unsqueeze(1))[request_index]  # [N, L]
+        e_per_candidate = e[request_index]  # [N, L, FD], a gather inside the graph
+        if self.is_din:
+            h = (
+                (e @ self.w_behavior)[request_index]  # [N, L, H1], computed once per behaviour
+                + (v @ self.w_candidate + self.b_first).unsqueeze(1)  # [N, 1, H1], once per candidate
+                + (e_per_candidate * v.unsqueeze(1)) @ self.w_pair  # [N, L, H1], the only per-pair product
+            )
+            score = self.attention_rest(h).squeeze(-1)  # [N, L]
+            if self.cfg.attention_softmax:
+                score = torch.softmax(torch.where(mask, score, torch.full_like(score, -1e30)), dim=-1)
+            weight = torch.where(mask, score, torch.zeros_like(score))
+        elif self.cfg.base_pooling == "mean":
+            weight = mask.float() / history_len[request_index].clamp(min=1).unsqueeze(1).float()
+        else:
+            weight = mask.float()
+        user_interest = (weight.unsqueeze(1) @ e_per_candidate).squeeze(1)  # [N, FD]
+        x = torch.cat(
+            [
+                embed(profile, s.profile)[request_index],
+                user_interest,
+                v,
+                embed(context, s.context)[request_index],
+            ],
+            dim=1,
+        )
+        return torch.sigmoid(self.mlp(x).squeeze(1)), weight

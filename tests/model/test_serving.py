@@ -1,0 +1,84 @@
+"""The serving graph in onnxruntime must score exactly like the torch training graph."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model.bundle import INPUTS, OUTPUTS
+from model.din import DINConfig, build_model
+from model.export import export_onnx, parity_cases, random_inputs, reference
+from model.schema import FeatureSpace
+from model.serving import ServingGraph
+from tests.model.conftest import make_space, random_batch
+
+MAX_HISTORY = 100
+VARIANTS = {
+    "din-dice": DINConfig(),
+    "din-prelu-softmax": DINConfig(activation="prelu", attention_softmax=True),
+    "base-mean": DINConfig(model="base", base_pooling="mean"),
+}
+
+
+def trained_like(cfg: DINConfig, space: FeatureSpace):
+    """Embeddings as spread as trained ones, and Dice statistics moved off their initial values."""
+    torch.manual_seed(0)
+    model = build_model(cfg, space)
+    with torch.no_grad():
+        for name in model.embeddings:
+            model.table(name).weight[1:].normal_(0, 0.5)
+        model.attention[-1].weight.mul_(10)  # type: ignore[operator]
+        model.mlp[-1].weight.mul_(40)  # type: ignore[operator]  # logits of order 1, not 0.01
+    model.train()
+    for seed in range(3):
+        model(random_batch(space, 64, 20, seed=seed))
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory):
+    space = make_space()
+    model = trained_like(VARIANTS[request.param], space)
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, path)
+    return model, ort.InferenceSession(str(path))
+
+
+def run(session: ort.InferenceSession, x) -> list[np.ndarray]:
+    return session.run(list(OUTPUTS), {k: v.numpy() for k, v in zip(INPUTS, x, strict=True)})
+
+
+@pytest.mark.parametrize("case", list(parity_cases(make_space(), MAX_HISTORY)))
+def test_onnx_scores_and_attention_equal_torch_within_1e_5(exported, case):
+    model, session = exported
+    x = parity_cases(model.space, MAX_HISTORY)[case]
+    ctr, attention = run(session, x)
+    ref_ctr, ref_attention = reference(model, x)
+    assert np.isfinite(ctr).all() and np.isfinite(attention).all()
+    assert ctr.shape == (len(x.candidate),) and attention.shape == (len(x.candidate), x.history.shape[1])
+    np.testing.assert_allclose(ctr, ref_ctr, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(attention, ref_attention, atol=1e-5, rtol=0)
+    assert (ctr > 0).all() and (ctr < 1).all()
+    if len(ctr) >= 200:
+        assert ctr.std() > 0.05  # scores spread like a trained model's, so the comparison means something
+
+
+def test_padding_slots_get_zero_attention_and_do_not_change_scores(exported):
+    model, session = exported
+    narrow = random_inputs(model.space, [3, 0], [4, 2], 3, seed=9)
+    wide = narrow._replace(history=torch.nn.functional.pad(narrow.history, (0, 0, 0, 40)))
+    ctr_n, att_n = run(session, narrow)
+    ctr_w, att_w = run(session, wide)
+    np.testing.assert_allclose(ctr_n, ctr_w, atol=1e-6, rtol=0)
+    assert (att_w[:, 3:] == 0).all() and (att_w[4:] == 0).all()  # request 1 has no history
+
+
+def test_split_first_layer_equals_the_concatenated_layer_in_torch():
+    space = make_space()
+    model = trained_like(DINConfig(), space)
+    x = random_inputs(space, [5, 9, 0], [7, 3, 2], 9, seed=3)
+    with torch.inference_mode():
+        ctr, attention = ServingGraph(model)(*x)
+    ref_ctr, ref_attention = reference(model, x)
+    np.testing.assert_allclose(ctr.numpy(), ref_ctr, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(attention.numpy(), ref_attention, atol=1e-6, rtol=0)
