@@ -23,7 +23,7 @@ from model.schema import PAD, FeatureSpace
 class DINConfig:
     model: str = "din"  # "din" (attention pooling) or "base" (sum/mean pooling, the paper's BaseModel)
     embed_dim: int = 32  # per feature; a behaviour is the concat of its F field embeddings
-    attention_hidden: tuple[int, ...] = (64, 16)  # activation unit MLP, as in the paper
+    attention_hidden: tuple[int, ...] = (32, 16)  # activation unit MLP; 64-16 was no better and 1.3x slower
     mlp_hidden: tuple[int, ...] = (200, 80)  # final MLP, as in the paper
     activation: str = "dice"  # "dice" or "prelu", for both MLPs
     attention_softmax: bool = False  # the paper keeps raw weights so interest intensity survives

@@ -38,7 +38,7 @@ from model.bundle import (
     sha256,
     signature,
 )
-from model.din import DIN, Batch, BaseModel, Checkpoint
+from model.din import DIN, BaseModel, Batch, Checkpoint
 from model.schema import FeatureSpace
 from model.serving import ServingGraph, ServingInputs
 

@@ -12,9 +12,9 @@ Here the first attention layer is split exactly:
 so the behaviour term is computed once per behaviour, the candidate term once per candidate, and
 only W_p·(e⊙v) and the later (narrow) layers run per pair: a quarter of the first layer's work.
 (Regrouping the behaviour and pair terms as e·(W_e + W_d + diag(v)·W_p) was measured slower at
-L = 50, because building one FD×H1 matrix per candidate costs more than it saves.) Dice is frozen into its eval-mode
-affine form. The history is an input once per request and is gathered per candidate inside the
-graph, never tiled by the caller.
+L = 50, because building one FD×H1 matrix per candidate costs more than it saves.) Dice is frozen
+into its eval-mode form. The history is an input once per request and is gathered per candidate
+inside the graph, never tiled by the caller.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class ServingInputs(NamedTuple):  # the order of model.bundle.INPUTS
 class FrozenDice(nn.Module):
     """Dice in eval mode: f(s) = s·(α + (1 − α)·sigmoid(a·s + c)), a = 1/sqrt(Var + ε), c = −E·a."""
 
+    scale: Tensor
+    shift: Tensor
+    alpha: Tensor
+
     def __init__(self, dice: Dice):
         super().__init__()
         scale = torch.rsqrt(dice.running_var + dice.eps)
@@ -52,6 +56,8 @@ class FrozenDice(nn.Module):
 
 class LastDimPReLU(nn.Module):
     """PReLU over the last dim: nn.PReLU treats dim 1 as channels, which is L in [N, L, H]."""
+
+    weight: Tensor
 
     def __init__(self, prelu: nn.PReLU):
         super().__init__()
@@ -75,6 +81,11 @@ def frozen(mlp: MLP) -> nn.Sequential:
 
 
 class ServingGraph(nn.Module):
+    w_behavior: Tensor
+    w_candidate: Tensor
+    w_pair: Tensor
+    b_first: Tensor
+
     def __init__(self, model: DIN):
         super().__init__()
         model = model.eval()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
+import itertools
 import json
 import os
 import platform
@@ -27,9 +29,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
+from torch import Tensor
 
 from model.bundle import INPUTS, session_options
 from model.din import DIN, Batch, Checkpoint, DINConfig
@@ -76,13 +78,13 @@ def percentiles(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float
 def macs(cfg: DINConfig, fd: int, other: int, n: int, length: int, variant: str) -> int:
     """Multiply-adds of one request: attention MLP, pooling and the final MLP (embedding lookups are free)."""
     h = cfg.attention_hidden
-    rest = sum(a * b for a, b in zip(h, (*h[1:], 1), strict=True))  # layers after the first, per pair
+    rest = sum(a * b for a, b in itertools.pairwise((*h, 1)))  # layers after the first, per pair
     if variant == "serving_graph":
         first = length * fd * h[0] + n * fd * h[0] + n * length * (fd + fd * h[0])  # split layer
     else:
         first = n * length * 4 * fd * h[0]  # [e, v, e−v, e⊙v] for every pair
     dims = (2 * fd + other, *cfg.mlp_hidden, 1)
-    mlp = n * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    mlp = n * sum(a * b for a, b in itertools.pairwise(dims))
     return first + n * length * rest + n * length * fd + mlp
 
 
@@ -93,7 +95,9 @@ class TiledTrainingGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, profile, context, candidate, history, history_len):  # type: ignore[no-untyped-def]
+    def forward(
+        self, profile: Tensor, context: Tensor, candidate: Tensor, history: Tensor, history_len: Tensor
+    ) -> Tensor:
         return torch.sigmoid(self.model(Batch(profile, context, candidate, history, history_len)))
 
 
@@ -138,8 +142,8 @@ def bench(
 
             variants: dict[str, Callable[[], object]] = {
                 "torch_eager": eager,
-                "onnx_tiled": lambda f=feeds_tiled: tiled.run(["ctr"], f),  # type: ignore[misc]
-                "serving_graph": lambda f=feeds_serving: serving.run(["ctr"], f),  # type: ignore[misc]
+                "onnx_tiled": functools.partial(tiled.run, ["ctr"], feeds_tiled),
+                "serving_graph": functools.partial(serving.run, ["ctr"], feeds_serving),
             }
             for name, fn in variants.items():
                 r = runs if name == "serving_graph" or n * length <= 20_000 else max(200, runs // 5)
@@ -183,7 +187,7 @@ def tune(model: DIN, workdir: Path, runs: int) -> list[dict]:
                 opts = session_options(t)
                 opts.graph_optimization_level = level
                 sess = ort.InferenceSession(str(path), opts)
-                p50, p99 = percentiles(lambda s=sess: s.run(["ctr"], feeds), runs, warmup=20)  # type: ignore[misc]
+                p50, p99 = percentiles(functools.partial(sess.run, ["ctr"], feeds), runs, warmup=20)
                 out.append(
                     {"opset": opset, "opt_level": level_name, "threads": t, "p50_ms": p50, "p99_ms": p99}
                 )
@@ -206,7 +210,8 @@ def table(rows: list[dict], sgemm: float) -> str:
             continue
         a, b = keyed[("torch_eager", n, length, t)], keyed[("onnx_tiled", n, length, t)]
         lines.append(
-            f"| {n} | {length} | {t} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} "
+            f"| {n} | {length} | {t} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} "
+            f"| {b['p50_ms']:.2f} / {b['p99_ms']:.2f} "
             f"| **{r['p50_ms']:.2f}** / {r['p99_ms']:.2f} | {a['p50_ms'] / r['p50_ms']:.1f}× / "
             f"{b['p50_ms'] / r['p50_ms']:.1f}× | {r['macs'] / 1e6:.1f} | {r['gflops']:.1f} "
             f"({100 * r['gflops'] / sgemm:.0f}%) |"

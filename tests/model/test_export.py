@@ -71,7 +71,7 @@ def test_a_corrupt_model_file_is_refused(bundle, tmp_path):
     (bad / MODEL_FILE).write_bytes(b"not a model")
     manifest["sha256"][MODEL_FILE] = sha256(bad / MODEL_FILE)
     (bad / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="onnx.checker"):
+    with pytest.raises(BundleError, match=r"onnx\.checker"):
         load_bundle(bad)
 
 

@@ -67,7 +67,7 @@ def test_padding_slots_get_zero_attention_and_do_not_change_scores(exported):
     model, session = exported
     narrow = random_inputs(model.space, [3, 0], [4, 2], 3, seed=9)
     wide = narrow._replace(history=torch.nn.functional.pad(narrow.history, (0, 0, 0, 40)))
-    ctr_n, att_n = run(session, narrow)
+    ctr_n, _ = run(session, narrow)
     ctr_w, att_w = run(session, wide)
     np.testing.assert_allclose(ctr_n, ctr_w, atol=1e-6, rtol=0)
     assert (att_w[:, 3:] == 0).all() and (att_w[4:] == 0).all()  # request 1 has no history
