@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.din import DIN, MLP, BaseModel, Dice
@@ -37,47 +38,38 @@ class ServingInputs(NamedTuple):  # the order of model.bundle.INPUTS
 
 
 class FrozenDice(nn.Module):
-    """Dice in eval mode: f(s) = s·(α + (1 − α)·sigmoid(a·s + c)), a = 1/sqrt(Var + ε), c = −E·a."""
+    """Dice in eval mode on [rows, H]: f(s) = s·(α + (1 − α)·sigmoid((s − E) / sqrt(Var + ε))).
 
-    scale: Tensor
-    shift: Tensor
+    Both per-unit affine maps are written as inference BatchNormalization, because onnxruntime runs
+    that as one fused kernel, while a broadcast Mul/Add over a short last axis is several times
+    slower (measured: this form made the whole serving graph 1.6x faster).
+    """
+
+    mean: Tensor
+    var: Tensor
     alpha: Tensor
+    beta: Tensor
+    zero: Tensor
+    one: Tensor
 
     def __init__(self, dice: Dice):
         super().__init__()
-        scale = torch.rsqrt(dice.running_var + dice.eps)
-        self.register_buffer("scale", scale.detach().clone())
-        self.register_buffer("shift", (-dice.running_mean * scale).detach().clone())
+        self.eps = dice.eps
+        self.register_buffer("mean", dice.running_mean.detach().clone())
+        self.register_buffer("var", dice.running_var.detach().clone())
         self.register_buffer("alpha", dice.alpha.detach().clone())
+        self.register_buffer("beta", 1 - dice.alpha.detach().clone())
+        self.register_buffer("zero", torch.zeros_like(self.mean))
+        self.register_buffer("one", torch.ones_like(self.mean))
 
     def forward(self, s: Tensor) -> Tensor:
-        return s * (self.alpha + (1 - self.alpha) * torch.sigmoid(s * self.scale + self.shift))
-
-
-class LastDimPReLU(nn.Module):
-    """PReLU over the last dim: nn.PReLU treats dim 1 as channels, which is L in [N, L, H]."""
-
-    weight: Tensor
-
-    def __init__(self, prelu: nn.PReLU):
-        super().__init__()
-        self.register_buffer("weight", prelu.weight.detach().clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.where(x >= 0, x, self.weight * x)
+        p = torch.sigmoid(F.batch_norm(s, self.mean, self.var, training=False, eps=self.eps))
+        return s * F.batch_norm(p, self.zero, self.one, self.beta, self.alpha, training=False, eps=0.0)
 
 
 def frozen(mlp: MLP) -> nn.Sequential:
-    """The MLP with its activations in their eval-mode, any-rank form."""
-
-    def freeze(m: nn.Module) -> nn.Module:
-        if isinstance(m, Dice):
-            return FrozenDice(m)
-        if isinstance(m, nn.PReLU):
-            return LastDimPReLU(m)
-        return m
-
-    return nn.Sequential(*(freeze(m) for m in mlp))
+    """The MLP for [rows, H] inputs with Dice in its eval-mode form."""
+    return nn.Sequential(*(FrozenDice(m) if isinstance(m, Dice) else m for m in mlp))
 
 
 class ServingGraph(nn.Module):
@@ -118,12 +110,12 @@ class ServingGraph(nn.Module):
         mask = (slots.unsqueeze(0) < history_len.unsqueeze(1))[request_index]  # [N, L]
         e_per_candidate = e[request_index]  # [N, L, FD], a gather inside the graph
         if self.is_din:
-            h = (
-                (e @ self.w_behavior)[request_index]  # [N, L, H1], computed once per behaviour
-                + (v @ self.w_candidate + self.b_first).unsqueeze(1)  # [N, 1, H1], once per candidate
-                + (e_per_candidate * v.unsqueeze(1)) @ self.w_pair  # [N, L, H1], the only per-pair product
-            )
-            score = self.attention_rest(h).squeeze(-1)  # [N, L]
+            behavior_term = (e @ self.w_behavior)[request_index]  # [N, L, H1], once per behaviour
+            candidate_term = (v @ self.w_candidate + self.b_first).unsqueeze(1)  # [N, 1, H1]
+            # The only per-pair product, 2-D so onnxruntime fuses it and the add into one Gemm.
+            pair = (e_per_candidate * v.unsqueeze(1)).flatten(0, 1) @ self.w_pair  # [N·L, H1]
+            h = (behavior_term + candidate_term).flatten(0, 1) + pair
+            score = self.attention_rest(h).view(mask.shape)  # [N, L]
             if self.cfg.attention_softmax:
                 score = torch.softmax(torch.where(mask, score, torch.full_like(score, -1e30)), dim=-1)
             weight = torch.where(mask, score, torch.zeros_like(score))
