@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test quickstart bench-train clean
+.PHONY: install lint test quickstart bench-train bench-model clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,13 +20,18 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
-# Trains a small DIN on the synthetic generator (seconds) and prints its metrics.
+# Trains a small DIN on the SYNTHETIC generator (about a minute), exports and validates a bundle.
 quickstart: install
-	$(BIN)/python -m model.train --data synthetic --model din --out runs/quickstart --epochs 3
-	@cat runs/quickstart/metrics.json
+	$(BIN)/python -m model.train --data synthetic --model din --out runs/quickstart --epochs 5
+	rm -rf models/quickstart
+	$(BIN)/python -m model.export --run runs/quickstart --bundle models/quickstart
 
 bench-train: install
-	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train
+	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md
+
+bench-model: install
+	$(BIN)/python scripts/bench_model.py --run runs/bench_train/amazon-sports/DIN_Dice_MBA --tune \
+		--json runs/bench_model.json --png runs/bench_model.png --markdown runs/bench_model.md
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache

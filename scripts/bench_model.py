@@ -20,8 +20,6 @@ import functools
 import io
 import itertools
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -33,6 +31,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
+from benchutil import machine, replace_readme_block
 from model.bundle import INPUTS, session_options
 from model.din import DIN, Batch, Checkpoint, DINConfig
 from model.export import export_onnx, random_inputs, tile
@@ -40,18 +39,6 @@ from model.serving import ServingInputs
 from model.train import TrainConfig, run
 
 GRID_N, GRID_L = (20, 200, 1000), (20, 50, 100)
-
-
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor()
-    )
-    return (
-        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"onnxruntime {ort.__version__}"
-    )
 
 
 def sgemm_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
@@ -250,7 +237,7 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="a model.train --out folder (default: train a synthetic one)")
     p.add_argument("--quick", action="store_true", help="only N = 200, L = 50")
@@ -260,7 +247,10 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--markdown", type=Path, help="write the results table here")
-    a = p.parse_args()
+    p.add_argument(
+        "--readme", type=Path, help="replace the table between the bench_model markers in this file"
+    )
+    a = p.parse_args(argv)
     if a.runs < 200:
         p.error("--runs must be >= 200 for a meaningful p99")
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,8 +280,11 @@ def main() -> None:
         a.json.write_text(json.dumps(result, indent=2))
     if a.png:
         plot(rows, a.png)
+    footer = f"\nMachine: {info}; sgemm peak {sgemm:.0f} GFLOP/s ({max(a.threads)} threads, 2048³)."
     if a.markdown:
-        a.markdown.write_text(md + f"\nMachine: {info}; sgemm peak {sgemm:.0f} GFLOP/s.\n")
+        a.markdown.write_text(md + footer + "\n")
+    if a.readme:
+        replace_readme_block(a.readme, "bench_model", md + footer)
 
 
 if __name__ == "__main__":

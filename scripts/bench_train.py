@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from benchutil import machine, replace_readme_block
 
 # name -> flags on top of the defaults (DIN with Dice and mini-batch aware regularisation, λ = 0.3).
 # The bases get the same embeddings, MLP, Dice, MBA, optimiser and epoch selection as DIN.
@@ -33,23 +31,6 @@ VARIANTS: dict[str, list[str]] = {
 }
 DATASETS = ("amazon-sports", "amazon-hin", "movielens-100k")
 BASES = ("BaseModel (sum)", "BaseModel (mean)")
-START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
-
-
-def machine() -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if "model name" in line
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def train(dataset: Path, variant: str, out: Path, extra: list[str]) -> dict:
@@ -98,7 +79,7 @@ def table(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
@@ -108,7 +89,7 @@ def main() -> None:
         "--readme", type=Path, help="replace the table between the bench_train markers in this file"
     )
     p.add_argument("extra", nargs="*", help="flags passed to every model.train run (after --)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     missing = [d for d in a.datasets if not (a.data_root / d).is_dir()]
     if missing:
         p.error(f"--data-root {a.data_root}: no folder for {missing}")
@@ -128,12 +109,7 @@ def main() -> None:
     (a.out / "results.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
     (a.out / "results.md").write_text(md + "\n" + info + "\n")
     if a.readme:
-        text = a.readme.read_text()
-        if START not in text or END not in text:
-            p.error(f"{a.readme} has no {START} ... {END} block")
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        a.readme.write_text(f"{before}{START}\n{md}\n{info}\n{END}{after}")
+        replace_readme_block(a.readme, "bench_train", f"{md}\n{info}")
 
 
 if __name__ == "__main__":
