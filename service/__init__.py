@@ -1,0 +1,1 @@
+"""The online scoring service: FastAPI + Redis behaviour store + onnxruntime serving graph."""

@@ -1,0 +1,41 @@
+"""POST /events and POST /profile: validate against the model's schema, then write atomically."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from service.errors import InvalidInput
+from service.features import check_fields, check_known
+from service.metrics import Metrics
+from service.schemas import EventsRequest, EventsResponse, ProfileRequest, extra_fields
+from service.scorer import Scorer
+from service.settings import Settings
+from service.store import BehaviorStore, RawId
+
+
+async def append_events(
+    req: EventsRequest, scorer: Scorer, store: BehaviorStore, metrics: Metrics, settings: Settings
+) -> EventsResponse:
+    if len(req.events) > settings.max_events:
+        raise InvalidInput(
+            f"at most {settings.max_events} events per request, got {len(req.events)}", ("body", "events")
+        )
+    space = scorer.bundle.space
+    now = int(time.time())
+    by_user: dict[RawId, list[dict[str, Any]]] = defaultdict(list)
+    for i, e in enumerate(req.events):
+        record = {"item_id": e.item_id, **extra_fields(e)}
+        check_fields(space, record, space.schema.behavior, ("body", "events", i), required=True)
+        record["ts"] = e.ts if e.ts is not None else now
+        by_user[e.user_id].append(record)  # request order is kept per user
+    await store.append(by_user)
+    metrics.events.inc(len(req.events))
+    return EventsResponse(appended=len(req.events), users=len(by_user))
+
+
+async def upsert_profile(req: ProfileRequest, scorer: Scorer, store: BehaviorStore) -> None:
+    space = scorer.bundle.space
+    check_known(space, req.profile, space.schema.profile, ("body", "profile"))
+    await store.upsert_profile(req.user_id, req.profile)

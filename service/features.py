@@ -1,0 +1,99 @@
+"""Raw request and Redis values -> the serving graph's index tensors, for the loaded model's schema.
+
+Types are checked against each vocabulary (an integer feature takes integers, a string feature
+strings) and errors name the field. Unknown ids are fine: they map to the OOV index. The id ->
+index lookup is a vectorised ``searchsorted`` per feature (``model.schema.Vocab.encode``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from model.schema import PAD, FeatureSpace
+from service.errors import InvalidInput
+
+MISSING_INT = np.iinfo(np.int64).min  # never a vocabulary key: maps to OOV
+MISSING_STR = "\x00"
+
+
+def check_fields(
+    space: FeatureSpace,
+    values: Mapping[str, Any],
+    names: Sequence[str],
+    loc: tuple[str | int, ...],
+    required: bool,
+) -> None:
+    for name in names:
+        if name not in values:
+            if required:
+                raise InvalidInput(f"missing feature {name!r}", (*loc, name))
+            continue
+        _check_type(space, name, values[name], (*loc, name))
+
+
+def check_known(
+    space: FeatureSpace, values: Mapping[str, Any], names: Sequence[str], loc: tuple[str | int, ...]
+) -> None:
+    """Every key must be one of ``names`` (e.g. a profile feature of this model)."""
+    for key, value in values.items():
+        if key not in names:
+            raise InvalidInput(f"unknown feature {key!r}; this model takes {list(names)}", (*loc, key))
+        _check_type(space, key, value, (*loc, key))
+
+
+def _check_type(space: FeatureSpace, name: str, value: Any, loc: tuple[str | int, ...]) -> None:
+    want_str = space.vocabs[name].is_string
+    ok = isinstance(value, str) if want_str else isinstance(value, int) and not isinstance(value, bool)
+    if not ok:
+        raise InvalidInput(f"{name} must be {'a string' if want_str else 'an integer'}, got {value!r}", loc)
+
+
+def encode_column(space: FeatureSpace, name: str, values: Sequence[Any]) -> np.ndarray:
+    vocab = space.vocabs[name]
+    if vocab.is_string:
+        raw = np.array([v if isinstance(v, str) else MISSING_STR for v in values], dtype=str)
+    else:
+        raw = np.array([v if isinstance(v, int) else MISSING_INT for v in values], dtype=np.int64)
+    return vocab.encode(raw)
+
+
+def encode_rows(space: FeatureSpace, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> np.ndarray:
+    """[len(rows), len(names)] indices."""
+    if not names:
+        return np.zeros((len(rows), 0), dtype=np.int64)
+    return np.stack([encode_column(space, n, [r.get(n) for r in rows]) for n in names], axis=1)
+
+
+def default_context(now: float | None = None) -> dict[str, int]:
+    """Context derived from the request time (UTC), for models that use hour and weekday."""
+    t = time.gmtime(now if now is not None else time.time())
+    return {"hour": t.tm_hour, "weekday": t.tm_wday}
+
+
+def build_feeds(
+    space: FeatureSpace,
+    history: Sequence[Mapping[str, Any]],
+    profile: Mapping[str, Any],
+    context: Mapping[str, Any],
+    candidates: Sequence[Mapping[str, Any]],
+    max_history: int,
+) -> dict[str, np.ndarray]:
+    """Feeds for one request (R = 1). The history is padded to at least one slot."""
+    s = space.schema
+    history = history[-max_history:]
+    hist = encode_rows(space, history, s.behavior)  # [L, F]
+    width = max(len(history), 1)
+    padded = np.full((1, width, len(s.behavior)), PAD, dtype=np.int64)
+    padded[0, : len(history)] = hist
+    return {
+        "profile": encode_rows(space, [profile], s.profile),
+        "context": encode_rows(space, [context], s.context),
+        "history": padded,
+        "history_len": np.array([len(history)], dtype=np.int64),
+        "candidate": encode_rows(space, candidates, s.behavior),
+        "request_index": np.zeros(len(candidates), dtype=np.int64),
+    }

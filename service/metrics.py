@@ -1,0 +1,35 @@
+"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "din_score_stage_seconds", "Time per /score stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.candidates = Histogram(
+            "din_score_candidates",
+            "Candidates per /score request",
+            buckets=(1, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.degraded = Counter(
+            "din_score_degraded", "Requests scored without the behaviour store", registry=r
+        )
+        self.events = Counter("din_events_appended", "Behaviours appended through /events", registry=r)
+        self.model_version = Gauge("din_model_info", "The loaded model version", ["version"], registry=r)
+
+    def set_model(self, version: str) -> None:
+        self.model_version.clear()
+        self.model_version.labels(version=version).set(1)

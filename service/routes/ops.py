@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import MetricsDep, ScorerDep, StoreDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(scorer: ScorerDep, store: StoreDep) -> JSONResponse:
+    """Ready when a model is loaded and Redis answers."""
+    redis_ok = await store.ping()
+    body = {"model": scorer.version, "redis": "ok" if redis_ok else "unreachable"}
+    return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
+@router.get("/model")
+async def model(scorer: ScorerDep) -> dict[str, Any]:
+    """The loaded bundle's manifest."""
+    return scorer.bundle.manifest
+
+
+@router.get("/metrics")
+async def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service import events, scoring
+from service.deps import MetricsDep, ScorerDep, SettingsDep, StoreDep
+from service.schemas import EventsRequest, EventsResponse, ProfileRequest, ScoreRequest, ScoreResponse
+
+router = APIRouter()
+
+
+@router.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)
+async def score(
+    req: ScoreRequest, scorer: ScorerDep, store: StoreDep, metrics: MetricsDep, settings: SettingsDep
+):
+    """Ranks the candidates for the user by predicted CTR, in one model run."""
+    return await scoring.score(req, scorer, store, metrics, settings)
+
+
+@router.post("/events", response_model=EventsResponse)
+async def append_events(
+    req: EventsRequest, scorer: ScorerDep, store: StoreDep, metrics: MetricsDep, settings: SettingsDep
+):
+    """Appends behaviours to their users' histories (atomically, capped to the newest N)."""
+    return await events.append_events(req, scorer, store, metrics, settings)
+
+
+@router.post("/profile", status_code=204)
+async def upsert_profile(req: ProfileRequest, scorer: ScorerDep, store: StoreDep) -> None:
+    """Creates or updates profile features of a user."""
+    await events.upsert_profile(req, scorer, store)

@@ -1,0 +1,95 @@
+"""Request and response bodies. Feature fields beyond the common ones are free-form here and are
+checked against the loaded model's schema in ``service.features``, naming the offending field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RawId = int | str
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {"item_id": 2, "category_id": 16}})
+
+    item_id: RawId
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "user_id": 1,
+                "candidates": [{"item_id": 2, "category_id": 16}, {"item_id": 8121, "category_id": 145}],
+                "top_k": 10,
+                "explain": False,
+            }
+        }
+    )
+
+    user_id: RawId
+    candidates: list[Candidate]
+    context: dict[str, RawId] | None = Field(
+        None, description="context features; derived from the time if absent"
+    )
+    user: dict[str, RawId] | None = Field(None, description="profile features; read from Redis if absent")
+    top_k: int | None = Field(None, ge=1, description="return the best k (default: all)")
+    explain: bool = Field(False, description="add each item's top behaviours with their attention weights")
+
+
+class Behavior(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    item_id: RawId
+    weight: float
+
+
+class ScoredItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    item_id: RawId
+    ctr: float
+    rank: int
+    behaviors: list[Behavior] | None = None
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    user_id: RawId
+    history_length: int
+    degraded: bool = Field(description="true when the behaviour store could not be read in time")
+    items: list[ScoredItem]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"example": {"user_id": 1, "item_id": 2, "category_id": 16, "ts": 1764000000}},
+    )
+
+    user_id: RawId
+    item_id: RawId
+    ts: int | None = Field(None, description="unix seconds; the server's time if absent")
+
+
+class EventsRequest(BaseModel):
+    events: list[Event] = Field(min_length=1)
+
+
+class EventsResponse(BaseModel):
+    appended: int
+    users: int
+
+
+class ProfileRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"user_id": 1, "profile": {"age": 25, "gender": "F"}}}
+    )
+
+    user_id: RawId
+    profile: dict[str, RawId] = Field(min_length=1)
+
+
+def extra_fields(model: BaseModel) -> dict[str, Any]:
+    return dict(model.model_extra or {})

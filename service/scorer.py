@@ -1,0 +1,41 @@
+"""Scoring: user state + request -> one onnxruntime run -> ranked items.
+
+Load once, run a batch of candidates in one call, off the event loop (onnxruntime releases the
+GIL), on a bounded pool so concurrent requests cannot oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from model.bundle import Bundle
+from service.features import build_feeds
+
+
+class Scorer:
+    def __init__(self, bundle: Bundle, executor: ThreadPoolExecutor):
+        self.bundle, self.executor = bundle, executor
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    async def run(
+        self,
+        history: list[dict[str, Any]],
+        profile: dict[str, Any],
+        context: dict[str, Any],
+        candidates: list[dict[str, Any]],
+        explain: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
+        """CTR per candidate, attention [N, L] if asked, and the history actually used (oldest first)."""
+        b = self.bundle
+        used = history[-b.max_history :]
+        feeds = build_feeds(b.space, used, profile, context, candidates, b.max_history)
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self.executor, b.run, feeds, explain)
+        return outputs[0], (outputs[1] if explain else None), used

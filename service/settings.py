@@ -1,0 +1,38 @@
+"""All service settings in one class, read from DIN_* environment variables, checked at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.bundle import MANIFEST_FILE
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIN_", extra="ignore")
+
+    bundle: Path = Path("models/current")  # a model bundle folder (python -m model.export)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "din:"  # every key the service writes starts with this
+    history_cap: int = Field(100, ge=1, le=10_000)  # behaviours kept per user (the newest)
+    history_ttl_seconds: int = Field(90 * 24 * 3600, ge=0)  # idle users expire; 0 = never
+    redis_timeout_ms: float = Field(50, gt=0)  # per Redis call on the scoring path
+    redis_backoff_seconds: float = Field(1.0, ge=0)  # after a Redis failure, score degraded this long
+    max_candidates: int = Field(1000, ge=1)
+    max_events: int = Field(1000, ge=1)  # per POST /events
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    explain_top: int = Field(5, ge=1)  # behaviours listed per item with explain=true
+    ort_intra_threads: int = Field(1, ge=0)  # onnxruntime threads per run (0 = all cores)
+    inference_threads: int = Field(2, ge=1)  # runs in flight at once, off the event loop
+
+    @field_validator("bundle")
+    @classmethod
+    def bundle_must_exist(cls, v: Path) -> Path:
+        if not (v / MANIFEST_FILE).is_file():
+            raise ValueError(
+                f"DIN_BUNDLE={v} is not a model bundle (no {MANIFEST_FILE}); export one with "
+                "python -m model.export --run RUN --bundle DIR"
+            )
+        return v

@@ -1,0 +1,95 @@
+"""The behaviour store: each user's recent behaviours and profile in Redis.
+
+Reads for /score are one pipelined round trip (history + profile) with a short timeout. When Redis
+is slow or down the read returns ``None`` and the caller scores degraded; after a failure the store
+stops asking Redis for ``backoff_seconds``, so an outage costs requests nothing and a recovering
+Redis is not hit by every request at once. Writes are atomic per request (MULTI/EXEC) and raise
+``StoreUnavailable`` instead of pretending to succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.errors import StoreUnavailable
+from service.keys import Keys
+
+log = logging.getLogger(__name__)
+RawId = int | str
+
+
+@dataclass
+class UserState:
+    history: list[dict[str, Any]]  # behaviour records, oldest first
+    profile: dict[str, Any]
+
+
+class BehaviorStore:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, cap: int, ttl_seconds: int, backoff_seconds: float
+    ):
+        self.client, self.keys, self.cap, self.ttl = client, keys, cap, ttl_seconds
+        self.backoff_seconds = backoff_seconds
+        self._skip_until = 0.0  # monotonic time before which reads do not try Redis
+
+    async def read(self, user_id: RawId, with_profile: bool = True) -> UserState | None:
+        """The user's state, or None when Redis cannot answer in time (the caller degrades)."""
+        if time.monotonic() < self._skip_until:
+            return None
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.lrange(self.keys.history(user_id), -self.cap, -1)
+                if with_profile:
+                    pipe.hgetall(self.keys.profile(user_id))
+                replies = await pipe.execute()
+        except (RedisError, OSError) as e:
+            self._skip_until = time.monotonic() + self.backoff_seconds
+            log.warning("redis read failed (%s); scoring degraded for %.1fs", e, self.backoff_seconds)
+            return None
+        history = [orjson.loads(r) for r in replies[0]]
+        profile = {_text(k): orjson.loads(v) for k, v in replies[1].items()} if with_profile else {}
+        return UserState(history, profile)
+
+    async def append(self, events_by_user: Mapping[RawId, Sequence[dict[str, Any]]]) -> None:
+        """Appends each user's events in order and trims to the cap, all in one transaction."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for user_id, events in events_by_user.items():
+                    key = self.keys.history(user_id)
+                    pipe.rpush(key, *(orjson.dumps(e) for e in events))
+                    pipe.ltrim(key, -self.cap, -1)
+                    if self.ttl:
+                        pipe.expire(key, self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as e:
+            log.warning("redis write failed: %s", e)
+            raise StoreUnavailable("the behaviour store is unavailable; nothing was written") from e
+
+    async def upsert_profile(self, user_id: RawId, fields: Mapping[str, RawId]) -> None:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.profile(user_id), mapping={k: orjson.dumps(v) for k, v in fields.items()})
+                if self.ttl:
+                    pipe.expire(self.keys.profile(user_id), self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as e:
+            log.warning("redis write failed: %s", e)
+            raise StoreUnavailable("the behaviour store is unavailable; nothing was written") from e
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
