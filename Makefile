@@ -20,11 +20,9 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
-# Trains a small DIN on the SYNTHETIC generator (about a minute), exports and validates a bundle.
-quickstart: install
-	$(BIN)/python -m model.train --data synthetic --model din --out runs/quickstart --epochs 5
-	rm -rf models/quickstart
-	$(BIN)/python -m model.export --run runs/quickstart --bundle models/quickstart
+# Serves a DIN on port 8000 (trains a small one on SYNTHETIC data first if none is published).
+quickstart:
+	bash scripts/quickstart.sh
 
 bench-train: install
 	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md

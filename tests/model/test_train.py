@@ -21,8 +21,7 @@ def din_vs_mean_base(tmp_path_factory):
 
 def test_a_short_synthetic_run_of_din_beats_the_mean_pooling_base_model(din_vs_mean_base):
     _, din, base = din_vs_mean_base
-    assert din["test"]["gauc"] > base["test"]["gauc"] + 0.02
-    assert din["test"]["auc"] > base["test"]["auc"]
+    assert din["test"]["gauc"] > base["test"]["gauc"] + 0.03  # GAUC, the paper's metric
 
 
 def test_training_writes_metrics_checkpoint_and_curves(din_vs_mean_base):

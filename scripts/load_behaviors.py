@@ -1,0 +1,142 @@
+"""Bulk-load users' recent behaviours (and profiles) into the service's Redis store.
+
+    python scripts/load_behaviors.py --data ../shared/data/amazon-sports
+    python scripts/load_behaviors.py --data synthetic --users 4000      # SYNTHETIC demo users
+
+``--data`` is a raw-log folder (``interactions.csv.gz`` + ``items.csv.gz`` [+ ``users.csv.gz``]) or
+``synthetic``. Each user's newest ``--cap`` behaviours replace whatever the store held for them,
+written in pipelined batches, with the key names, record format and TTL the service uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.csv as pacsv
+import redis
+from tqdm import tqdm
+
+from model.logs import is_raw_log_dir
+from service.keys import Keys
+from service.settings import Settings
+
+DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
+
+
+@dataclass
+class Log:
+    user: np.ndarray  # [T] grouped by user, oldest first within a user
+    item: np.ndarray
+    category: np.ndarray
+    ts: np.ndarray
+    profiles: dict[Any, dict[str, Any]]
+
+
+def read_log(data: str, n_users: int | None) -> Log:
+    if data == "synthetic":
+        from model.synthetic import SyntheticSpec, generate_log
+
+        spec = SyntheticSpec(n_users=n_users) if n_users else SyntheticSpec()
+        log = generate_log(spec)
+        ts = np.arange(len(log.user))
+        profiles = {u: {"age": int(log.age[u]), "gender": str(log.gender[u])} for u in range(spec.n_users)}
+        return Log(log.user, log.item, log.category, ts, profiles)
+    folder = Path(data)
+    if not is_raw_log_dir(folder):
+        raise SystemExit(f"--data {data}: expected 'synthetic' or a folder with interactions.csv.gz and items.csv.gz")
+    inter = pacsv.read_csv(folder / "interactions.csv.gz")
+    items = pacsv.read_csv(folder / "items.csv.gz")
+    order = np.lexsort((np.arange(inter.num_rows), inter["timestamp"].to_numpy(), inter["user_id"].to_numpy()))
+    user = inter["user_id"].to_numpy()[order]
+    item = inter["item_id"].to_numpy()[order]
+    ts = inter["timestamp"].to_numpy()[order]
+    keys, cats = items["item_id"].to_numpy(), items["category_id"].to_numpy(zero_copy_only=False)
+    pos = np.clip(np.searchsorted(keys, item, sorter=np.argsort(keys)), 0, len(keys) - 1)
+    category = cats[np.argsort(keys)][pos]
+    profiles: dict[Any, dict[str, Any]] = {}
+    if (folder / "users.csv.gz").exists():
+        for row in pacsv.read_csv(folder / "users.csv.gz").to_pylist():
+            uid = row.pop("user_id")
+            row.pop("zip_code", None)
+            profiles[uid] = row
+    if n_users:
+        keep = np.isin(user, np.unique(user)[:n_users])
+        user, item, category, ts = user[keep], item[keep], category[keep], ts[keep]
+    return Log(user, item, category, ts, profiles)
+
+
+def users(log: Log, cap: int) -> Iterator[tuple[Any, list[bytes]]]:
+    """(user, newest ``cap`` records oldest first) for every user."""
+    starts = np.flatnonzero(np.r_[True, log.user[1:] != log.user[:-1]])
+    ends = np.r_[starts[1:], len(log.user)]
+    for s, e in zip(starts, ends, strict=True):
+        s = max(s, e - cap)
+        records = [
+            orjson.dumps({"item_id": _py(i), "category_id": _py(c), "ts": int(t)})
+            for i, c, t in zip(log.item[s:e], log.category[s:e], log.ts[s:e], strict=True)
+        ]
+        yield _py(log.user[s]), records
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def load(client: redis.Redis, log: Log, keys: Keys, cap: int, ttl: int, batch: int, progress: bool) -> tuple[int, int]:
+    n_users = len(np.unique(log.user))
+    written = 0
+    pipe = client.pipeline(transaction=False)
+    for k, (user, records) in enumerate(tqdm(users(log, cap), total=n_users, disable=not progress, unit="user"), 1):
+        key = keys.history(user)
+        pipe.delete(key)
+        pipe.rpush(key, *records)
+        if ttl:
+            pipe.expire(key, ttl)
+        profile = log.profiles.get(user)
+        if profile:
+            pipe.hset(keys.profile(user), mapping={f: orjson.dumps(v) for f, v in profile.items()})
+            if ttl:
+                pipe.expire(keys.profile(user), ttl)
+        written += len(records)
+        if k % batch == 0:
+            pipe.execute()
+    pipe.execute()
+    return n_users, written
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--users", type=int, help="load only the first N users")
+    p.add_argument("--redis-url", default=DEFAULTS["redis_url"])
+    p.add_argument("--key-prefix", default=DEFAULTS["key_prefix"])
+    p.add_argument("--cap", type=int, default=DEFAULTS["history_cap"], help="behaviours kept per user")
+    p.add_argument("--ttl", type=int, default=DEFAULTS["history_ttl_seconds"], help="seconds; 0 = no expiry")
+    p.add_argument("--batch", type=int, default=500, help="users per pipeline round trip")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.cap < 1 or a.batch < 1:
+        p.error("--cap and --batch must be >= 1")
+    t0 = time.perf_counter()
+    log = read_log(a.data, a.users)
+    client = redis.Redis.from_url(a.redis_url, socket_timeout=10)
+    try:
+        client.ping()
+        n_users, n_records = load(client, log, Keys(a.key_prefix), a.cap, a.ttl, a.batch, not a.no_progress)
+    except redis.RedisError as e:
+        p.exit(1, f"redis at {a.redis_url}: {e}\n")
+    finally:
+        client.close()
+    label = " (SYNTHETIC)" if a.data == "synthetic" else ""
+    print(f"loaded {n_records} behaviours of {n_users} users{label} into {a.redis_url} in {time.perf_counter() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Serve a DIN on a working default: install, train a small model on SYNTHETIC data if none is
+# published yet, load demo behaviours into Redis, and run the API on port 8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make install
+PY=.venv/bin/python
+export DIN_BUNDLE="${DIN_BUNDLE:-models/current}"
+export DIN_REDIS_URL="${DIN_REDIS_URL:-${REDIS_URL:-redis://127.0.0.1:6379/0}}"
+
+if [ ! -e "$DIN_BUNDLE/manifest.json" ]; then
+  echo "== no model at $DIN_BUNDLE: training a small DIN on SYNTHETIC data"
+  $PY -m model.train --data synthetic --model din --out runs/quickstart --epochs 5 --no-progress
+  version="quickstart-$(date -u +%Y%m%d-%H%M%S)"
+  $PY -m model.export --run runs/quickstart --bundle "models/$version" --version "$version"
+  ln -sfn "$version" models/current.tmp && mv -T models/current.tmp models/current
+fi
+
+if ! $PY - <<PY 2>/dev/null
+import redis, os
+redis.Redis.from_url(os.environ["DIN_REDIS_URL"], socket_timeout=1).ping()
+PY
+then
+  if command -v redis-server >/dev/null; then
+    echo "== nothing answers at $DIN_REDIS_URL: starting a local redis-server on 127.0.0.1:6379 for the demo"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+    sleep 0.5
+    export DIN_REDIS_URL=redis://127.0.0.1:6379/0
+  else
+    echo "no Redis at $DIN_REDIS_URL and redis-server is not installed; set REDIS_URL" >&2
+    exit 1
+  fi
+fi
+
+echo "== loading SYNTHETIC demo behaviours into $DIN_REDIS_URL"
+$PY scripts/load_behaviors.py --data synthetic --redis-url "$DIN_REDIS_URL" --no-progress
+
+cat <<'MSG'
+== serving on http://127.0.0.1:8000 (docs: /docs). Try:
+curl -s localhost:8000/score -H 'content-type: application/json' \
+  -d '{"user_id": 1, "candidates": [{"item_id": 5, "category_id": 3}, {"item_id": 77, "category_id": 12}], "explain": true}'
+MSG
+exec .venv/bin/uvicorn --factory service.main:create_app --host 0.0.0.0 --port "${PORT:-8000}"
