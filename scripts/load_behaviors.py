@@ -46,14 +46,18 @@ def read_log(data: str, n_users: int | None) -> Log:
         spec = SyntheticSpec(n_users=n_users) if n_users else SyntheticSpec()
         log = generate_log(spec)
         ts = np.arange(len(log.user))
-        profiles = {u: {"age": int(log.age[u]), "gender": str(log.gender[u])} for u in range(spec.n_users)}
-        return Log(log.user, log.item, log.category, ts, profiles)
+        demo = {u: {"age": int(log.age[u]), "gender": str(log.gender[u])} for u in range(spec.n_users)}
+        return Log(log.user, log.item, log.category, ts, demo)
     folder = Path(data)
     if not is_raw_log_dir(folder):
-        raise SystemExit(f"--data {data}: expected 'synthetic' or a folder with interactions.csv.gz and items.csv.gz")
+        raise SystemExit(
+            f"--data {data}: expected 'synthetic' or a folder with interactions.csv.gz and items.csv.gz"
+        )
     inter = pacsv.read_csv(folder / "interactions.csv.gz")
     items = pacsv.read_csv(folder / "items.csv.gz")
-    order = np.lexsort((np.arange(inter.num_rows), inter["timestamp"].to_numpy(), inter["user_id"].to_numpy()))
+    order = np.lexsort(
+        (np.arange(inter.num_rows), inter["timestamp"].to_numpy(), inter["user_id"].to_numpy())
+    )
     user = inter["user_id"].to_numpy()[order]
     item = inter["item_id"].to_numpy()[order]
     ts = inter["timestamp"].to_numpy()[order]
@@ -89,11 +93,15 @@ def _py(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def load(client: redis.Redis, log: Log, keys: Keys, cap: int, ttl: int, batch: int, progress: bool) -> tuple[int, int]:
+def load(
+    client: redis.Redis, log: Log, keys: Keys, cap: int, ttl: int, batch: int, progress: bool
+) -> tuple[int, int]:
     n_users = len(np.unique(log.user))
     written = 0
     pipe = client.pipeline(transaction=False)
-    for k, (user, records) in enumerate(tqdm(users(log, cap), total=n_users, disable=not progress, unit="user"), 1):
+    for k, (user, records) in enumerate(
+        tqdm(users(log, cap), total=n_users, disable=not progress, unit="user"), 1
+    ):
         key = keys.history(user)
         pipe.delete(key)
         pipe.rpush(key, *records)
@@ -135,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         client.close()
     label = " (SYNTHETIC)" if a.data == "synthetic" else ""
-    print(f"loaded {n_records} behaviours of {n_users} users{label} into {a.redis_url} in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    print(f"loaded {n_records} behaviours of {n_users} users{label} into {a.redis_url} in {seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,278 @@
+"""HTTP benchmark of the real service (uvicorn) on real Redis, driven by wrk on loopback.
+
+    python scripts/bench_service.py --run runs/bench_train/amazon-sports/DIN_Dice_MBA \\
+        --json runs/bench_service.json --png runs/bench_service.png --readme README.md
+    python scripts/bench_service.py --quick     # N = 200 at concurrency 1 and 16 only
+
+Loads amazon-sports users into Redis (DB 13, prefix ``bench:``; removed afterwards) with their
+newest 50 behaviours, and scores users that have at least 50 (so L = 50) against N random catalog
+items. In the same run it measures the floors: a trivial endpoint (GET /healthz, the HTTP floor),
+one pipelined Redis read, and the bare model call. Needs wrk (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from string import Template
+
+import numpy as np
+import orjson
+import pyarrow.csv as pacsv
+import redis
+from load_behaviors import load, read_log
+
+from benchutil import machine, replace_readme_block
+from model.bundle import load_bundle, session_options
+from model.export import export_bundle
+from service.features import build_feeds
+from service.keys import Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL, PREFIX, L = "redis://127.0.0.1:6379/13", "bench:", 50
+LUA = Template("""
+local bodies = {$bodies}
+local i = 0
+request = function()
+  i = i % math.max(#bodies, 1) + 1
+  $request
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local f = io.open("$out", "w")
+  f:write(string.format('{"p50_us": %d, "p95_us": %d, "p99_us": %d, "requests": %d, "duration_us": %d, '
+    .. '"socket_errors": %d, "non2xx": %d}', latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status))
+  f:close()
+end
+""")
+SCORE = 'return wrk.format("POST", "/score", {["Content-Type"] = "application/json"}, bodies[i])'
+HEALTH = 'return wrk.format("GET", "/healthz")'
+
+
+def lua_script(path: Path, out: Path, bodies: list[str] | None) -> Path:
+    """A wrk script cycling through ``bodies`` on POST /score (or GET /healthz), reporting to ``out``."""
+    listed = ",".join(f"[==[{b}]==]" for b in bodies or [])
+    path.write_text(LUA.substitute(bodies=listed, request=SCORE if bodies else HEALTH, out=str(out)))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the service at {url} did not become ready in {timeout}s")
+
+
+def wrk(url: str, bodies: list[str] | None, concurrency: int, seconds: int, out: Path) -> dict:
+    script = lua_script(out.with_suffix(".lua"), out, bodies)
+    threads = 1 if concurrency == 1 else 2
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    r = json.loads(out.read_text())
+    return {
+        "p50_ms": r["p50_us"] / 1e3,
+        "p95_ms": r["p95_us"] / 1e3,
+        "p99_ms": r["p99_us"] / 1e3,
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "errors": r["socket_errors"] + r["non2xx"],
+    }
+
+
+def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
+    client = redis.Redis.from_url(REDIS_URL)
+    times = []
+    for k in range(runs):
+        u = users[k % len(users)]
+        t0 = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        pipe.lrange(keys.history(u), -100, -1)
+        pipe.hgetall(keys.profile(u))
+        pipe.execute()
+        times.append(time.perf_counter() - t0)
+    client.close()
+    return statistics.median(times) * 1e3
+
+
+def model_floor(bundle_dir: Path, history: list[dict], candidates: list[dict], runs: int = 500) -> float:
+    bundle = load_bundle(bundle_dir, session_options(1))
+    feeds = build_feeds(bundle.space, history, {}, {}, candidates, bundle.max_history)
+    for _ in range(50):
+        bundle.run(feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        bundle.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=ROOT / "runs/bench_train/amazon-sports/DIN_Dice_MBA")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/amazon-sports")
+    p.add_argument("--seconds", type=int, default=15, help="per wrk run")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--png", type=Path)
+    p.add_argument("--readme", type=Path, help="replace the bench_service block of this file")
+    a = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        p.error("wrk is not installed (apt-get install wrk)")
+    if not (a.run / "ckpt.pt").exists() or not a.data.is_dir():
+        p.error(f"need a trained run ({a.run}) and the dataset folder ({a.data})")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    keys = Keys(PREFIX)
+    client = redis.Redis.from_url(REDIS_URL)
+    server = None
+    try:
+        export_bundle(a.run / "ckpt.pt", tmp / "bundle", version="bench")
+        log = read_log(str(a.data), None)
+        load(client, log, keys, cap=L, ttl=3600, batch=1000, progress=False)
+        users_all, counts = np.unique(log.user, return_counts=True)
+        users = [int(u) for u in users_all[counts >= L]]
+        items = pacsv.read_csv(a.data / "items.csv.gz").to_pylist()
+        rng = random.Random(0)
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = os.environ | {
+            "DIN_BUNDLE": str(tmp / "bundle"),
+            "DIN_REDIS_URL": REDIS_URL,
+            "DIN_KEY_PREFIX": PREFIX,
+        }
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "service.main:create_app",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        wait_ready(url)
+
+        sample_hist = [orjson.loads(x) for x in client.lrange(keys.history(users[0]), 0, -1)]
+        floors = {
+            "http_p50_ms": wrk(url, None, 1, max(3, a.seconds // 3), tmp / "floor.json")["p50_ms"],
+            "redis_p50_ms": redis_floor(keys, users),
+            "model_p50_ms": model_floor(tmp / "bundle", sample_hist, rng.sample(items, 200)),
+        }
+        print(f"floors: {floors}", flush=True)
+        grid = [(200, 1), (200, 16)] if a.quick else [(n, c) for n in (20, 200) for c in (1, 16)]
+        rows = []
+        for n, c in grid:
+            bodies = [
+                json.dumps({"user_id": rng.choice(users), "candidates": rng.sample(items, n)})
+                for _ in range(64)
+            ]
+            wrk(url, bodies, c, 3, tmp / f"warm-{n}-{c}.json")
+            row = {
+                "n": n,
+                "l": L,
+                "concurrency": c,
+                **wrk(url, bodies, c, a.seconds, tmp / f"score-{n}-{c}.json"),
+            }
+            rows.append(row)
+            print(
+                f"N={n:4d} L={L} c={c:2d}: p50 {row['p50_ms']:.2f} ms  p95 {row['p95_ms']:.2f}  "
+                f"p99 {row['p99_ms']:.2f}  {row['rps']:.0f} req/s  errors {row['errors']}",
+                flush=True,
+            )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        stale = list(client.scan_iter(match=f"{PREFIX}*", count=10_000))
+        for k in range(0, len(stale), 10_000):
+            client.delete(*stale[k : k + 10_000])
+        client.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    info = machine()
+    md = "| N | L | concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors |\n" + "|---" * 8 + "|\n"
+    md += "\n".join(
+        f"| {r['n']} | {r['l']} | {r['concurrency']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} "
+        f"| {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
+        for r in rows
+    )
+    md += (
+        f"\n\nFloors in the same run: HTTP (GET /healthz) p50 {floors['http_p50_ms']:.2f} ms, "
+        f"Redis pipelined read p50 {floors['redis_p50_ms']:.2f} ms, "
+        f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms. "
+        f"Machine: {info}; wrk and the server share it."
+    )
+    print("\n" + md)
+    if a.json:
+        a.json.write_text(json.dumps({"machine": info, "floors": floors, "rows": rows}, indent=2))
+    if a.png:
+        plot(rows, a.png)
+    if a.readme:
+        replace_readme_block(a.readme, "bench_service", md)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for n in sorted({r["n"] for r in rows}):
+        pts = [r for r in rows if r["n"] == n]
+        ax1.plot([r["concurrency"] for r in pts], [r["p50_ms"] for r in pts], "o-", label=f"p50, N={n}")
+        ax1.plot([r["concurrency"] for r in pts], [r["p99_ms"] for r in pts], "x--", label=f"p99, N={n}")
+        ax2.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=f"N={n}")
+    ax1.set(xlabel="concurrency", ylabel="ms", title="latency")
+    ax2.set(xlabel="concurrency", ylabel="requests/s", title="throughput")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
