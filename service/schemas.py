@@ -12,6 +12,7 @@ RawId = int | str
 
 class Candidate(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"example": {"item_id": 2, "category_id": 16}})
+    __pydantic_extra__: dict[str, RawId]  # other ad fields: ids only
 
     item_id: RawId
 
@@ -67,6 +68,7 @@ class Event(BaseModel):
         extra="allow",
         json_schema_extra={"example": {"user_id": 1, "item_id": 2, "category_id": 16, "ts": 1764000000}},
     )
+    __pydantic_extra__: dict[str, RawId]  # other behaviour fields: ids only, so Redis holds ids only
 
     user_id: RawId
     item_id: RawId

@@ -63,6 +63,10 @@ def test_bad_score_input_is_a_4xx_naming_the_field(client, body, status, loc):
             ["body", "events", 0, "ts"],
         ),
         ({"events": [{"item_id": 2, "category_id": 3}]}, ["body", "events", 0, "user_id"]),
+        (
+            {"events": [{"user_id": 1, "item_id": 2, "category_id": 3, "note": {"x": 1}}]},
+            ["body", "events", 0, "note"],
+        ),
     ],
 )
 def test_bad_events_are_a_422_naming_the_field_and_write_nothing(client, settings, body, loc):
