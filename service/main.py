@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from model.bundle import load_bundle, session_options
+from service.batcher import MicroBatcher
 from service.errors import install_error_handlers
 from service.keys import Keys
 from service.limits import BodySizeLimit
@@ -50,7 +51,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics()
         metrics.set_model(bundle.version)
         app.state.settings, app.state.metrics = settings, metrics
-        app.state.scorer = Scorer(bundle, executor)
+        scorer = Scorer(bundle, executor)
+        if settings.microbatch_wait_ms > 0:
+            scorer.batcher = MicroBatcher(
+                bundle.run,
+                scorer.submit,
+                settings.microbatch_wait_ms,
+                settings.microbatch_max_requests,
+                settings.max_candidates,
+                concurrency=settings.inference_threads,
+            )
+            scorer.batcher.start()
+        app.state.scorer = scorer
         app.state.store = BehaviorStore(
             client,
             Keys(settings.key_prefix),
@@ -62,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if scorer.batcher is not None:
+                await scorer.batcher.stop()
             await client.aclose()
             await client.connection_pool.disconnect()
             executor.shutdown(wait=True)

@@ -13,12 +13,16 @@ from typing import Any
 import numpy as np
 
 from model.bundle import Bundle
+from service.batcher import Feeds, MicroBatcher, RunFn
 from service.features import build_feeds
 
 
 class Scorer:
-    def __init__(self, bundle: Bundle, executor: ThreadPoolExecutor):
-        self.bundle, self.executor = bundle, executor
+    def __init__(self, bundle: Bundle, executor: ThreadPoolExecutor, batcher: MicroBatcher | None = None):
+        self.bundle, self.executor, self.batcher = bundle, executor, batcher
+
+    def submit(self, fn: RunFn, feeds: Feeds, explain: bool) -> asyncio.Future[list[np.ndarray]]:
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, feeds, explain)
 
     @property
     def version(self) -> str:
@@ -36,6 +40,8 @@ class Scorer:
         b = self.bundle
         used = history[-b.max_history :]
         feeds = build_feeds(b.space, used, profile, context, candidates, b.max_history)
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self.executor, b.run, feeds, explain)
+        if self.batcher is not None:
+            outputs = await self.batcher.score(feeds, explain)
+        else:
+            outputs = await self.submit(b.run, feeds, explain)
         return outputs[0], (outputs[1] if explain else None), used

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     explain_top: int = Field(5, ge=1)  # behaviours listed per item with explain=true
     ort_intra_threads: int = Field(1, ge=0)  # onnxruntime threads per run (0 = all cores)
     inference_threads: int = Field(2, ge=1)  # runs in flight at once, off the event loop
+    microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
+    microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
 
     @field_validator("bundle")
     @classmethod

@@ -1,0 +1,146 @@
+"""Dynamic micro-batching: requests that arrive together share one onnxruntime run (R > 1).
+
+Like Triton's dynamic batcher: the first waiting request opens a batch, which closes after
+``max_wait_ms`` or once it holds ``max_requests`` requests or ``max_candidates`` candidates. The
+serving graph takes each request's history once, so batching costs no tiling. A batch that fails
+is retried request by request, so one bad request gets its own error and the others their scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.schema import PAD
+
+Feeds = dict[str, np.ndarray]
+RunFn = Callable[[Feeds, bool], list[np.ndarray]]
+
+
+@dataclass
+class _Pending:
+    feeds: Feeds  # R = 1 feeds of one request
+    explain: bool
+    future: asyncio.Future[list[np.ndarray]] = field(repr=False)
+
+
+def merge(feeds: list[Feeds]) -> Feeds:
+    """Concatenates R = 1 feeds into one R = len(feeds) feed; histories are padded to the longest."""
+    width = max(f["history"].shape[1] for f in feeds)
+    histories = []
+    for f in feeds:
+        h = f["history"]
+        pad = np.full((1, width - h.shape[1], h.shape[2]), PAD, dtype=h.dtype)
+        histories.append(np.concatenate([h, pad], axis=1))
+    return {
+        "profile": np.concatenate([f["profile"] for f in feeds]),
+        "context": np.concatenate([f["context"] for f in feeds]),
+        "history": np.concatenate(histories),
+        "history_len": np.concatenate([f["history_len"] for f in feeds]),
+        "candidate": np.concatenate([f["candidate"] for f in feeds]),
+        "request_index": np.concatenate(
+            [np.full(len(f["candidate"]), r, dtype=np.int64) for r, f in enumerate(feeds)]
+        ),
+    }
+
+
+def split(outputs: list[np.ndarray], feeds: list[Feeds]) -> list[list[np.ndarray]]:
+    """Per-request outputs of a merged run; attention is cut back to each request's own width."""
+    ends = np.cumsum([len(f["candidate"]) for f in feeds])
+    starts = np.r_[0, ends[:-1]]
+    result = []
+    for f, s, e in zip(feeds, starts, ends, strict=True):
+        per = [outputs[0][s:e]]
+        if len(outputs) > 1:
+            per.append(outputs[1][s:e, : f["history"].shape[1]])
+        result.append(per)
+    return result
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run: RunFn,
+        executor_submit: Callable[[RunFn, Feeds, bool], asyncio.Future[list[np.ndarray]]],
+        max_wait_ms: float,
+        max_requests: int,
+        max_candidates: int,
+        concurrency: int,
+    ):
+        self.run, self.submit = run, executor_submit
+        self.max_wait = max_wait_ms / 1000
+        self.max_requests, self.max_candidates = max_requests, max_candidates
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(concurrency)
+        self.task: asyncio.Task[None] | None = None
+        self.running: set[asyncio.Task[None]] = set()
+        self.batches = 0  # runs made, for metrics and tests
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._loop(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Stops taking batches; runs already started finish and answer their requests."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
+
+    async def score(self, feeds: Feeds, explain: bool) -> list[np.ndarray]:
+        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Pending(feeds, explain, future))
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            n = len(batch[0].feeds["candidate"])
+            deadline = asyncio.get_running_loop().time() + self.max_wait
+            while len(batch) < self.max_requests and n < self.max_candidates:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                batch.append(item)
+                n += len(item.feeds["candidate"])
+            await self.slots.acquire()  # at most `concurrency` runs in flight
+            task = asyncio.create_task(self._run(batch))
+            self.running.add(task)  # a reference, so the task is not garbage-collected mid-run
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            explain = any(p.explain for p in batch)
+            feeds = [p.feeds for p in batch]
+            try:
+                outputs = await self.submit(self.run, merge(feeds) if len(feeds) > 1 else feeds[0], explain)
+                self.batches += 1
+                for p, out in zip(batch, split(outputs, feeds), strict=True):
+                    if not p.future.done():
+                        p.future.set_result(out)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                for p in batch:  # isolate the failing request: each gets its own answer or error
+                    await self._run_alone(p)
+        except Exception as e:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+        finally:
+            self.slots.release()
+
+    async def _run_alone(self, p: _Pending) -> None:
+        try:
+            p.future.set_result(await self.submit(self.run, p.feeds, p.explain))
+        except Exception as e:
+            p.future.set_exception(e)
