@@ -112,6 +112,28 @@ def wrk(url: str, bodies: list[str] | None, concurrency: int, seconds: int, out:
     }
 
 
+def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "service.main:create_app",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    return server, url
+
+
 def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
     client = redis.Redis.from_url(REDIS_URL)
     times = []
@@ -146,6 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/amazon-sports")
     p.add_argument("--seconds", type=int, default=15, help="per wrk run")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--microbatch-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 2.0],
+        help="DIN_MICROBATCH_WAIT_MS values to compare (0 = off)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--readme", type=Path, help="replace the bench_service block of this file")
@@ -158,7 +188,6 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
     keys = Keys(PREFIX)
     client = redis.Redis.from_url(REDIS_URL)
-    server = None
     try:
         export_bundle(a.run / "ckpt.pt", tmp / "bundle", version="bench")
         log = read_log(str(a.data), None)
@@ -168,62 +197,56 @@ def main(argv: list[str] | None = None) -> None:
         items = pacsv.read_csv(a.data / "items.csv.gz").to_pylist()
         rng = random.Random(0)
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = os.environ | {
-            "DIN_BUNDLE": str(tmp / "bundle"),
-            "DIN_REDIS_URL": REDIS_URL,
-            "DIN_KEY_PREFIX": PREFIX,
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.main:create_app",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-        )
-        wait_ready(url)
-
         sample_hist = [orjson.loads(x) for x in client.lrange(keys.history(users[0]), 0, -1)]
         floors = {
-            "http_p50_ms": wrk(url, None, 1, max(3, a.seconds // 3), tmp / "floor.json")["p50_ms"],
             "redis_p50_ms": redis_floor(keys, users),
             "model_p50_ms": model_floor(tmp / "bundle", sample_hist, rng.sample(items, 200)),
         }
-        print(f"floors: {floors}", flush=True)
         grid = [(200, 1), (200, 16)] if a.quick else [(n, c) for n in (20, 200) for c in (1, 16)]
-        rows = []
-        for n, c in grid:
-            bodies = [
+        bodies = {
+            n: [
                 json.dumps({"user_id": rng.choice(users), "candidates": rng.sample(items, n)})
                 for _ in range(64)
             ]
-            wrk(url, bodies, c, 3, tmp / f"warm-{n}-{c}.json")
-            row = {
-                "n": n,
-                "l": L,
-                "concurrency": c,
-                **wrk(url, bodies, c, a.seconds, tmp / f"score-{n}-{c}.json"),
+            for n in {n for n, _ in grid}
+        }
+        rows = []
+        for wait_ms in a.microbatch_ms:
+            env = os.environ | {
+                "DIN_BUNDLE": str(tmp / "bundle"),
+                "DIN_REDIS_URL": REDIS_URL,
+                "DIN_KEY_PREFIX": PREFIX,
+                "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
             }
-            rows.append(row)
-            print(
-                f"N={n:4d} L={L} c={c:2d}: p50 {row['p50_ms']:.2f} ms  p95 {row['p95_ms']:.2f}  "
-                f"p99 {row['p99_ms']:.2f}  {row['rps']:.0f} req/s  errors {row['errors']}",
-                flush=True,
-            )
+            server, url = start_server(env, a.workers)
+            try:
+                if "http_p50_ms" not in floors:
+                    floors["http_p50_ms"] = wrk(url, None, 1, max(3, a.seconds // 3), tmp / "floor.json")[
+                        "p50_ms"
+                    ]
+                    print(f"floors: {floors}", flush=True)
+                for n, c in grid:
+                    out = tmp / f"score-{n}-{c}-{wait_ms}.json"
+                    wrk(url, bodies[n], c, 3, out)  # warm-up
+                    row = {
+                        "n": n,
+                        "l": L,
+                        "concurrency": c,
+                        "microbatch_ms": wait_ms,
+                        "workers": a.workers,
+                        **wrk(url, bodies[n], c, a.seconds, out),
+                    }
+                    rows.append(row)
+                    print(
+                        f"N={n:4d} L={L} c={c:2d} microbatch={wait_ms} ms: p50 {row['p50_ms']:.2f} ms  "
+                        f"p95 {row['p95_ms']:.2f}  p99 {row['p99_ms']:.2f}  {row['rps']:.0f} req/s  "
+                        f"errors {row['errors']}",
+                        flush=True,
+                    )
+            finally:
+                server.terminate()
+                server.wait(10)
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(10)
         stale = list(client.scan_iter(match=f"{PREFIX}*", count=10_000))
         for k in range(0, len(stale), 10_000):
             client.delete(*stale[k : k + 10_000])
@@ -231,10 +254,11 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     info = machine()
-    md = "| N | L | concurrency | p50 ms | p95 ms | p99 ms | requests/s | errors |\n" + "|---" * 8 + "|\n"
+    md = "| N | L | concurrency | micro-batch wait | p50 ms | p95 ms | p99 ms | requests/s | errors |\n"
+    md += "|---" * 9 + "|\n"
     md += "\n".join(
-        f"| {r['n']} | {r['l']} | {r['concurrency']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} "
-        f"| {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
+        f"| {r['n']} | {r['l']} | {r['concurrency']} | {r['microbatch_ms']:g} ms | {r['p50_ms']:.2f} "
+        f"| {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
         for r in rows
     )
     md += (
@@ -259,11 +283,12 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for n in sorted({r["n"] for r in rows}):
-        pts = [r for r in rows if r["n"] == n]
-        ax1.plot([r["concurrency"] for r in pts], [r["p50_ms"] for r in pts], "o-", label=f"p50, N={n}")
-        ax1.plot([r["concurrency"] for r in pts], [r["p99_ms"] for r in pts], "x--", label=f"p99, N={n}")
-        ax2.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=f"N={n}")
+    for n, wait in sorted({(r["n"], r["microbatch_ms"]) for r in rows}):
+        pts = [r for r in rows if (r["n"], r["microbatch_ms"]) == (n, wait)]
+        label = f"N={n}, micro-batch {wait:g} ms"
+        ax1.plot([r["concurrency"] for r in pts], [r["p50_ms"] for r in pts], "o-", label=f"p50, {label}")
+        ax1.plot([r["concurrency"] for r in pts], [r["p99_ms"] for r in pts], "x--", label=f"p99, {label}")
+        ax2.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=label)
     ax1.set(xlabel="concurrency", ylabel="ms", title="latency")
     ax2.set(xlabel="concurrency", ylabel="requests/s", title="throughput")
     for ax in (ax1, ax2):
