@@ -6,6 +6,7 @@ from model.din import Checkpoint
 from model.export import reference
 from model.serving import ServingInputs
 from service.features import encode_rows
+from service.schemas import ScoreResponse
 
 USER = {"age": 25, "gender": "F"}
 CONTEXT = {"hour": 20, "weekday": 2}
@@ -24,6 +25,7 @@ def score(client, user_id, candidates, **kw):
     body = {"user_id": user_id, "candidates": candidates, "user": USER, "context": CONTEXT, **kw}
     r = client.post("/score", json=body)
     assert r.status_code == 200, r.text
+    ScoreResponse.model_validate_json(r.content, strict=False)  # the documented response schema holds
     return r.json()
 
 
