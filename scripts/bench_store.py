@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                 client.memory_usage(f"{PREFIX}{layout}:{u}") or 0 for u in range(0, USERS, 20)
             )
             print(
-                f"| {layout} | {statistics.median(times) * 1e6:.0f} | {times[int(0.99 * len(times))] * 1e6:.0f} "
-                f"| {mem:.0f} |"
+                f"| {layout} | {statistics.median(times) * 1e6:.0f} "
+                f"| {times[int(0.99 * len(times))] * 1e6:.0f} | {mem:.0f} |"
             )
     finally:
         keys = list(client.scan_iter(match=f"{PREFIX}*", count=10_000))
