@@ -141,9 +141,13 @@ class DIN(nn.Module):
         a = self.attention(torch.cat([e, va, e - va, e * va], dim=1)).squeeze(1)  # [T]
         if not self.cfg.attention_softmax:
             return a
-        amax = a.new_full((v.shape[0],), float("-inf")).scatter_reduce(0, rows, a, "amax")
-        ex = torch.exp(a - amax[rows])
-        return ex / a.new_zeros(v.shape[0]).index_add_(0, rows, ex)[rows]
+        # Softmax per sample over its real behaviours: lay the scores out as [B, L] (rows are sorted,
+        # as nonzero returns them), which is much faster than scatter-based segment reductions.
+        counts = torch.bincount(rows, minlength=v.shape[0])  # [B]
+        slot = torch.arange(len(rows), device=a.device) - (torch.cumsum(counts, 0) - counts)[rows]  # [T]
+        grid = a.new_full((v.shape[0], int(counts.max()) if len(rows) else 0), float("-inf"))
+        grid[rows, slot] = a
+        return torch.softmax(grid, dim=1)[rows, slot]
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, b: Batch) -> Tensor:

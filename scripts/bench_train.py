@@ -33,11 +33,14 @@ DATASETS = ("amazon-sports", "amazon-hin", "movielens-100k")
 BASES = ("BaseModel (sum)", "BaseModel (mean)")
 
 
+def run_dir(out: Path, dataset: str, variant: str) -> Path:
+    return out / dataset / variant.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
+
+
 def train(dataset: Path, variant: str, out: Path, extra: list[str]) -> dict:
-    run_dir = (
-        out / dataset.name / variant.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
-    )
-    metrics = run_dir / "metrics.json"
+    """One cell: reuses a finished run in ``out`` (so an interrupted benchmark resumes)."""
+    run = run_dir(out, dataset.name, variant)
+    metrics = run / "metrics.json"
     if not metrics.exists():
         cmd = [
             sys.executable,
@@ -46,13 +49,13 @@ def train(dataset: Path, variant: str, out: Path, extra: list[str]) -> dict:
             "--data",
             str(dataset),
             "--out",
-            str(run_dir),
+            str(run),
             "--no-progress",
         ]
         cmd += VARIANTS[variant] + extra
         print("$", " ".join(cmd), flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "train.log", "w") as log:
+        run.mkdir(parents=True, exist_ok=True)
+        with open(run / "train.log", "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     return json.loads(metrics.read_text())
 
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--readme", type=Path, help="replace the table between the bench_train markers in this file"
     )
+    p.add_argument("--report-only", action="store_true", help="tabulate finished runs, train nothing")
     p.add_argument("extra", nargs="*", help="flags passed to every model.train run (after --)")
     a = p.parse_args(argv)
     missing = [d for d in a.datasets if not (a.data_root / d).is_dir()]
@@ -98,13 +102,18 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, dict]] = {ds: {} for ds in a.datasets}
     for ds in a.datasets:
         for variant in a.variants:
+            finished = run_dir(a.out, ds, variant) / "metrics.json"
+            if a.report_only and not finished.exists():
+                continue
             results[ds][variant] = train(a.data_root / ds, variant, a.out, a.extra)
             t = results[ds][variant]["test"]
             print(
                 f"{ds:15s} {variant:17s} test AUC {t['auc']:.4f} GAUC {t['gauc']:.4f} ll {t['logloss']:.4f}"
             )
     md = table(results, a.datasets)
-    info = f"Machine: {machine()}. Wall time {(time.time() - started) / 60:.0f} min."
+    info = f"Machine: {machine()}."
+    if not a.report_only:
+        info += f" Wall time {(time.time() - started) / 60:.0f} min."
     print(md + "\n" + info)
     (a.out / "results.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
     (a.out / "results.md").write_text(md + "\n" + info + "\n")
