@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test quickstart bench-train bench-model clean
+.PHONY: install lint test quickstart bench-train bench-model bench-service clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,7 +29,11 @@ bench-train: install
 
 bench-model: install
 	$(BIN)/python scripts/bench_model.py --run runs/bench_train/amazon-sports/DIN_Dice_MBA --tune \
-		--json runs/bench_model.json --png runs/bench_model.png --markdown runs/bench_model.md
+		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme README.md
+
+bench-service: install
+	$(BIN)/python scripts/bench_service.py --json runs/bench_service.json --png runs/bench_service.png \
+		--readme README.md
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
