@@ -151,7 +151,7 @@ def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
 
 def model_floor(bundle_dir: Path, history: list[dict], candidates: list[dict], runs: int = 500) -> float:
     bundle = load_bundle(bundle_dir, session_options(1))
-    feeds = build_feeds(bundle.space, history, {}, {}, candidates, bundle.max_history)
+    feeds = build_feeds(bundle.space, history[-bundle.max_history :], {}, {}, candidates)
     for _ in range(50):
         bundle.run(feeds)
     times = []

@@ -80,11 +80,10 @@ def build_feeds(
     profile: Mapping[str, Any],
     context: Mapping[str, Any],
     candidates: Sequence[Mapping[str, Any]],
-    max_history: int,
 ) -> dict[str, np.ndarray]:
-    """Feeds for one request (R = 1). The history is padded to at least one slot."""
+    """Feeds for one request (R = 1). The caller keeps the history within the model's max_history
+    (the store reads no more); it is padded to at least one slot."""
     s = space.schema
-    history = history[-max_history:]
     hist = encode_rows(space, history, s.behavior)  # [L, F]
     width = max(len(history), 1)
     padded = np.full((1, width, len(s.behavior)), PAD, dtype=np.int64)

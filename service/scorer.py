@@ -35,13 +35,12 @@ class Scorer:
         context: dict[str, Any],
         candidates: list[dict[str, Any]],
         explain: bool,
-    ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
-        """CTR per candidate, attention [N, L] if asked, and the history actually used (oldest first)."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """CTR per candidate, and attention [N, L] if asked. ``history`` is at most max_history long."""
         b = self.bundle
-        used = history[-b.max_history :]
-        feeds = build_feeds(b.space, used, profile, context, candidates, b.max_history)
+        feeds = build_feeds(b.space, history, profile, context, candidates)
         if self.batcher is not None:
             outputs = await self.batcher.score(feeds, explain)
         else:
             outputs = await self.submit(b.run, feeds, explain)
-        return outputs[0], (outputs[1] if explain else None), used
+        return outputs[0], (outputs[1] if explain else None)

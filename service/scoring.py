@@ -51,9 +51,12 @@ async def score(
     t0 = time.perf_counter()
     rows = candidate_rows(req, scorer, settings)
     schema = scorer.bundle.space.schema
-    state = await store.read(req.user_id, with_profile=req.user is None and bool(schema.profile))
+    t_read = time.perf_counter()
+    state = await store.read(
+        req.user_id, limit=scorer.bundle.max_history, with_profile=req.user is None and bool(schema.profile)
+    )
     t_redis = time.perf_counter()
-    metrics.stage_seconds.labels(stage="redis").observe(t_redis - t0)
+    metrics.stage_seconds.labels(stage="redis").observe(t_redis - t_read)
     if state is None:
         metrics.degraded.inc()
     history = state.history if state else []
@@ -62,7 +65,7 @@ async def score(
     body = {"model_version": scorer.version, "user_id": req.user_id, "degraded": state is None}
     if not rows:
         return body | {"history_length": len(history), "items": []}
-    ctr, attention, used = await scorer.run(history, profile, context, rows, req.explain)
+    ctr, attention = await scorer.run(history, profile, context, rows, req.explain)
     t_model = time.perf_counter()
     metrics.stage_seconds.labels(stage="model").observe(t_model - t_redis)
     metrics.candidates.observe(len(rows))
@@ -72,10 +75,10 @@ async def score(
     for rank, i in enumerate(order, start=1):
         item = {**rows[i], "ctr": float(ctr[i]), "rank": rank}
         if attention is not None:
-            item["behaviors"] = _top_behaviors(used, attention[i], settings.explain_top)
+            item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
         items.append(item)
     metrics.stage_seconds.labels(stage="total").observe(time.perf_counter() - t0)
-    return body | {"history_length": len(used), "items": items}
+    return body | {"history_length": len(history), "items": items}
 
 
 def _top_behaviors(history: list[dict[str, Any]], weights: np.ndarray, k: int) -> list[dict[str, Any]]:

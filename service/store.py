@@ -40,13 +40,14 @@ class BehaviorStore:
         self.backoff_seconds = backoff_seconds
         self._skip_until = 0.0  # monotonic time before which reads do not try Redis
 
-    async def read(self, user_id: RawId, with_profile: bool = True) -> UserState | None:
-        """The user's state, or None when Redis cannot answer in time (the caller degrades)."""
+    async def read(self, user_id: RawId, limit: int, with_profile: bool = True) -> UserState | None:
+        """The user's newest ``limit`` behaviours (at most the cap) and profile, or None when Redis
+        cannot answer in time (the caller degrades). Only what the model will use is fetched."""
         if time.monotonic() < self._skip_until:
             return None
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.lrange(self.keys.history(user_id), -self.cap, -1)
+                pipe.lrange(self.keys.history(user_id), -min(limit, self.cap), -1)
                 if with_profile:
                     pipe.hgetall(self.keys.profile(user_id))
                 replies = await pipe.execute()

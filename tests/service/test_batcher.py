@@ -16,7 +16,7 @@ def request_feeds(bundle, seed: int, n: int, length: int):
     rng = np.random.default_rng(seed)
     hist = [{"item_id": int(i), "category_id": int(i % 50)} for i in rng.integers(0, 2000, length)]
     cands = [{"item_id": int(i), "category_id": int(i % 50)} for i in rng.integers(0, 2000, n)]
-    return build_feeds(bundle.space, hist, {"age": 25, "gender": "F"}, {"hour": 3, "weekday": 1}, cands, 20)
+    return build_feeds(bundle.space, hist, {"age": 25, "gender": "F"}, {"hour": 3, "weekday": 1}, cands)
 
 
 def test_merged_runs_equal_separate_runs(trained):
