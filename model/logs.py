@@ -38,22 +38,12 @@ def build_samples(
     profile_columns: Sequence[str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Returns (train, test) sample tables in the shared layout."""
-    log = pacsv.read_csv(directory / "interactions.csv.gz")
-    for col in ("user_id", "item_id", "timestamp"):
-        if col not in log.column_names:
-            raise ValueError(f"{directory / 'interactions.csv.gz'}: missing column {col!r}")
-        if not pa.types.is_integer(log[col].type):
-            raise ValueError(f"{directory / 'interactions.csv.gz'}: column {col!r} must hold integers")
-    items = pacsv.read_csv(directory / "items.csv.gz")
+    log, items = read_time_ordered(directory)
     users_path = directory / "users.csv.gz"
     users = pacsv.read_csv(users_path) if users_path.exists() else None
-
-    # Time order per user; same-time ties keep log order (the order events arrived in).
-    order = np.lexsort((np.arange(log.num_rows), log["timestamp"].to_numpy(), log["user_id"].to_numpy()))
-    log = log.take(pa.array(order))
     user = log["user_id"].to_numpy()
     item = log["item_id"].to_numpy()
-    category = _lookup(items, "item_id", "category_id", item)
+    category = lookup(items, "item_id", "category_id", item)
     first = np.r_[True, user[1:] != user[:-1]]
     start_of_user = np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
     position = np.arange(len(user)) - start_of_user  # k of each behaviour inside its user's sequence
@@ -88,7 +78,7 @@ def build_samples(
             "user_id": user[both],
             "item_id": np.stack([item[targets], negatives], 1).reshape(-1),
             "category_id": np.stack(
-                [category[targets], _lookup(items, "item_id", "category_id", negatives)], 1
+                [category[targets], lookup(items, "item_id", "category_id", negatives)], 1
             ).reshape(-1),
             "label": np.tile(np.array([1, 0], dtype=np.int64), len(targets)),
             "hist_item_id": _repeat_lists(hist_item, 2),
@@ -108,7 +98,21 @@ def build_samples(
     return table.filter(pa.array(~is_test)), table.filter(pa.array(is_test))
 
 
-def _lookup(table: pa.Table, key: str, value: str, query: np.ndarray) -> np.ndarray:
+def read_time_ordered(directory: Path) -> tuple[pa.Table, pa.Table]:
+    """(interactions sorted by user then time, items). Same-time ties keep log order (the order
+    events arrived in)."""
+    log = pacsv.read_csv(directory / "interactions.csv.gz")
+    for col in ("user_id", "item_id", "timestamp"):
+        if col not in log.column_names:
+            raise ValueError(f"{directory / 'interactions.csv.gz'}: missing column {col!r}")
+        if not pa.types.is_integer(log[col].type):
+            raise ValueError(f"{directory / 'interactions.csv.gz'}: column {col!r} must hold integers")
+    order = np.lexsort((np.arange(log.num_rows), log["timestamp"].to_numpy(), log["user_id"].to_numpy()))
+    return log.take(pa.array(order)), pacsv.read_csv(directory / "items.csv.gz")
+
+
+def lookup(table: pa.Table, key: str, value: str, query: np.ndarray) -> np.ndarray:
+    """``table[value]`` where ``table[key] == query``, vectorised; unknown keys are an error."""
     keys = table[key].to_numpy()
     vals = table[value].to_numpy(zero_copy_only=False)
     order = np.argsort(keys, kind="stable")
@@ -152,5 +156,5 @@ def _join_profile(table: pa.Table, users: pa.Table, profile_columns: Sequence[st
     names = profile_columns or [c for c in users.column_names if c not in IGNORED_PROFILE_COLUMNS]
     user_ids = table["user_id"].to_numpy()
     for name in names:
-        table = table.append_column(name, pa.array(_lookup(users, "user_id", name, user_ids)))
+        table = table.append_column(name, pa.array(lookup(users, "user_id", name, user_ids)))
     return table

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import redis
 from tqdm import tqdm
 
-from model.logs import is_raw_log_dir
+from model.logs import IGNORED_PROFILE_COLUMNS, is_raw_log_dir, lookup, read_time_ordered
 from service.keys import Keys
 from service.settings import Settings
 
@@ -53,23 +53,15 @@ def read_log(data: str, n_users: int | None) -> Log:
         raise SystemExit(
             f"--data {data}: expected 'synthetic' or a folder with interactions.csv.gz and items.csv.gz"
         )
-    inter = pacsv.read_csv(folder / "interactions.csv.gz")
-    items = pacsv.read_csv(folder / "items.csv.gz")
-    order = np.lexsort(
-        (np.arange(inter.num_rows), inter["timestamp"].to_numpy(), inter["user_id"].to_numpy())
-    )
-    user = inter["user_id"].to_numpy()[order]
-    item = inter["item_id"].to_numpy()[order]
-    ts = inter["timestamp"].to_numpy()[order]
-    keys, cats = items["item_id"].to_numpy(), items["category_id"].to_numpy(zero_copy_only=False)
-    pos = np.clip(np.searchsorted(keys, item, sorter=np.argsort(keys)), 0, len(keys) - 1)
-    category = cats[np.argsort(keys)][pos]
+    log, items = read_time_ordered(folder)
+    user = log["user_id"].to_numpy()
+    item = log["item_id"].to_numpy()
+    ts = log["timestamp"].to_numpy()
+    category = lookup(items, "item_id", "category_id", item)
     profiles: dict[Any, dict[str, Any]] = {}
     if (folder / "users.csv.gz").exists():
         for row in pacsv.read_csv(folder / "users.csv.gz").to_pylist():
-            uid = row.pop("user_id")
-            row.pop("zip_code", None)
-            profiles[uid] = row
+            profiles[row["user_id"]] = {k: v for k, v in row.items() if k not in IGNORED_PROFILE_COLUMNS}
     if n_users:
         keep = np.isin(user, np.unique(user)[:n_users])
         user, item, category, ts = user[keep], item[keep], category[keep], ts[keep]
