@@ -17,13 +17,10 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from string import Template
 
@@ -31,15 +28,16 @@ import numpy as np
 import orjson
 import pyarrow.csv as pacsv
 import redis
+from liveserver import ROOT, start_server, stop_server
 from load_behaviors import load, read_log
 
 from benchutil import machine, replace_readme_block
 from model.bundle import load_bundle, session_options
 from model.export import export_bundle
+from model.repository import ModelRepository
 from service.features import build_feeds
 from service.keys import Keys
 
-ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL, PREFIX, L = "redis://127.0.0.1:6379/13", "bench:", 50
 LUA = Template("""
 local bodies = {$bodies}
@@ -69,24 +67,6 @@ def lua_script(path: Path, out: Path, bodies: list[str] | None) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the service at {url} did not become ready in {timeout}s")
-
-
 def wrk(url: str, bodies: list[str] | None, concurrency: int, seconds: int, out: Path) -> dict:
     script = lua_script(out.with_suffix(".lua"), out, bodies)
     threads = 1 if concurrency == 1 else 2
@@ -110,28 +90,6 @@ def wrk(url: str, bodies: list[str] | None, concurrency: int, seconds: int, out:
         "rps": r["requests"] / (r["duration_us"] / 1e6),
         "errors": r["socket_errors"] + r["non2xx"],
     }
-
-
-def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "service.main:create_app",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    return server, url
 
 
 def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
@@ -190,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         export_bundle(a.run / "ckpt.pt", tmp / "bundle", version="bench")
+        repo = ModelRepository(tmp / "models")
+        repo.set_current(repo.publish(tmp / "bundle"))
         log = read_log(str(a.data), None)
         load(client, log, keys, cap=L, ttl=3600, batch=1000, progress=False)
         users_all, counts = np.unique(log.user, return_counts=True)
@@ -213,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for wait_ms in a.microbatch_ms:
             env = os.environ | {
-                "DIN_BUNDLE": str(tmp / "bundle"),
+                "DIN_MODELS": str(repo.root),
                 "DIN_REDIS_URL": REDIS_URL,
                 "DIN_KEY_PREFIX": PREFIX,
                 "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
@@ -244,8 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                         flush=True,
                     )
             finally:
-                server.terminate()
-                server.wait(10)
+                stop_server(server)
     finally:
         stale = list(client.scan_iter(match=f"{PREFIX}*", count=10_000))
         for k in range(0, len(stale), 10_000):

@@ -79,27 +79,38 @@ class MicroBatcher:
         self.task: asyncio.Task[None] | None = None
         self.running: set[asyncio.Task[None]] = set()
         self.batches = 0  # runs made, for metrics and tests
+        self.stopped = False
+        self.open: list[_Pending] = []  # the batch being filled
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stops taking batches; runs already started finish and answer their requests."""
+        """Stops batching without dropping anyone: runs already started finish, requests still
+        queued run alone, and later callers (holding a model that was just swapped out) run alone."""
+        self.stopped = True
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        pending, self.open = self.open, []
+        while not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+        for p in pending:
+            await self._run_alone(p)
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
 
     async def score(self, feeds: Feeds, explain: bool) -> list[np.ndarray]:
+        if self.stopped:
+            return await self.submit(self.run, feeds, explain)
         future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
         await self.queue.put(_Pending(feeds, explain, future))
         return await future
 
     async def _loop(self) -> None:
         while True:
-            batch = [await self.queue.get()]
+            self.open = batch = [await self.queue.get()]  # visible to stop() while it fills
             n = len(batch[0].feeds["candidate"])
             deadline = asyncio.get_running_loop().time() + self.max_wait
             while len(batch) < self.max_requests and n < self.max_candidates:
@@ -114,6 +125,7 @@ class MicroBatcher:
                 n += len(item.feeds["candidate"])
             await self.slots.acquire()  # at most `concurrency` runs in flight
             task = asyncio.create_task(self._run(batch))
+            self.open = []
             self.running.add(task)  # a reference, so the task is not garbage-collected mid-run
             task.add_done_callback(self.running.discard)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.metrics import Metrics
+from service.models import ModelSlot
 from service.scorer import Scorer
 from service.settings import Settings
 from service.store import BehaviorStore
@@ -16,8 +17,13 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_models(request: Request) -> ModelSlot:
+    return request.app.state.models
+
+
 def get_scorer(request: Request) -> Scorer:
-    return request.app.state.scorer
+    """The model serving now; the request keeps it even if a reload swaps in another."""
+    return request.app.state.models.scorer
 
 
 def get_store(request: Request) -> BehaviorStore:
@@ -29,6 +35,7 @@ def get_metrics(request: Request) -> Metrics:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[ModelSlot, Depends(get_models)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 StoreDep = Annotated[BehaviorStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -25,9 +25,19 @@ class StoreUnavailable(ServiceError):
     status_code, kind = 503, "store_unavailable"
 
 
+class Unauthorized(ServiceError):
+    status_code, kind = 401, "unauthorized"
+
+
+class Disabled(ServiceError):
+    status_code, kind = 404, "disabled"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def handle(_: Request, exc: ServiceError) -> JSONResponse:
         body = {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind}]}
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(body, status_code=exc.status_code, headers=headers)

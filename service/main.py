@@ -13,14 +13,12 @@ from fastapi_offline import FastAPIOffline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from model.bundle import load_bundle, session_options
-from service.batcher import MicroBatcher
 from service.errors import install_error_handlers
 from service.keys import Keys
 from service.limits import BodySizeLimit
 from service.metrics import Metrics
-from service.routes import ops, scoring
-from service.scorer import Scorer
+from service.models import ModelSlot
+from service.routes import admin, ops, scoring
 from service.settings import Settings
 from service.store import BehaviorStore
 
@@ -45,24 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bundle = load_bundle(settings.bundle, session_options(settings.ort_intra_threads))
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnx")
-        client = redis_client(settings)
         metrics = Metrics()
-        metrics.set_model(bundle.version)
-        app.state.settings, app.state.metrics = settings, metrics
-        scorer = Scorer(bundle, executor)
-        if settings.microbatch_wait_ms > 0:
-            scorer.batcher = MicroBatcher(
-                bundle.run,
-                scorer.submit,
-                settings.microbatch_wait_ms,
-                settings.microbatch_max_requests,
-                settings.max_candidates,
-                concurrency=settings.inference_threads,
-            )
-            scorer.batcher.start()
-        app.state.scorer = scorer
+        models = ModelSlot(settings, executor, metrics)
+        await models.start()
+        client = redis_client(settings)
+        app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
         app.state.store = BehaviorStore(
             client,
             Keys(settings.key_prefix),
@@ -70,12 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.history_ttl_seconds,
             settings.redis_backoff_seconds,
         )
-        log.info("serving model %s from %s", bundle.version, settings.bundle)
+        log.info("serving model %s from %s", models.scorer.version, settings.models)
         try:
             yield
         finally:
-            if scorer.batcher is not None:
-                await scorer.batcher.stop()
+            await models.stop()
             await client.aclose()
             await client.connection_pool.disconnect()
             executor.shutdown(wait=True)
@@ -91,4 +76,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(scoring.router)
     app.include_router(ops.router)
+    app.include_router(admin.router)
     return app

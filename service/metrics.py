@@ -28,6 +28,12 @@ class Metrics:
             "din_score_degraded", "Requests scored without the behaviour store", registry=r
         )
         self.events = Counter("din_events_appended", "Behaviours appended through /events", registry=r)
+        self.reloads = Counter(
+            "din_model_reloads", "Model reload attempts that loaded or failed", ["result"], registry=r
+        )
+        self.reload_failing = Gauge(
+            "din_model_reload_failing", "1 while the version the pointer names cannot be served", registry=r
+        )
         self.model_version = Gauge("din_model_info", "The loaded model version", ["version"], registry=r)
 
     def set_model(self, version: str) -> None:

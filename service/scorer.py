@@ -15,11 +15,33 @@ import numpy as np
 from model.bundle import Bundle
 from service.batcher import Feeds, MicroBatcher, RunFn
 from service.features import build_feeds
+from service.settings import Settings
 
 
 class Scorer:
-    def __init__(self, bundle: Bundle, executor: ThreadPoolExecutor, batcher: MicroBatcher | None = None):
-        self.bundle, self.executor, self.batcher = bundle, executor, batcher
+    """One loaded model. Never changes once built: a hot swap builds a new Scorer, and a request
+    keeps the one it started with, so it is scored, ranked and labelled by a single version."""
+
+    def __init__(self, bundle: Bundle, executor: ThreadPoolExecutor, settings: Settings):
+        self.bundle, self.executor = bundle, executor
+        self.batcher: MicroBatcher | None = None
+        if settings.microbatch_wait_ms > 0:
+            self.batcher = MicroBatcher(
+                bundle.run,
+                self.submit,
+                settings.microbatch_wait_ms,
+                settings.microbatch_max_requests,
+                settings.max_candidates,
+                concurrency=settings.inference_threads,
+            )
+
+    def start(self) -> None:
+        if self.batcher is not None:
+            self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
 
     def submit(self, fn: RunFn, feeds: Feeds, explain: bool) -> asyncio.Future[list[np.ndarray]]:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, feeds, explain)

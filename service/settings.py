@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.bundle import MANIFEST_FILE
+from model.repository import ModelRepository, RepositoryError
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIN_", extra="ignore")
 
-    bundle: Path = Path("models/current")  # a model bundle folder (python -m model.export)
+    models: Path = Path("models")  # the model repository; the service serves its `current` version
+    seed_bundle: Path | None = None  # published as the first version when the repository is empty
+    model_poll_seconds: float = Field(1.0, ge=0)  # re-read `current` this often; 0 = only /admin/reload
+    admin_token: SecretStr | None = None  # bearer token for /admin/*; unset = /admin/* disabled
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "din:"  # every key the service writes starts with this
     history_cap: int = Field(100, ge=1, le=10_000)  # behaviours kept per user (the newest)
@@ -29,12 +33,15 @@ class Settings(BaseSettings):
     microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
     microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
 
-    @field_validator("bundle")
-    @classmethod
-    def bundle_must_exist(cls, v: Path) -> Path:
-        if not (v / MANIFEST_FILE).is_file():
-            raise ValueError(
-                f"DIN_BUNDLE={v} is not a model bundle (no {MANIFEST_FILE}); export one with "
-                "python -m model.export --run RUN --bundle DIR"
-            )
-        return v
+    @model_validator(mode="after")
+    def a_model_must_be_servable(self) -> Settings:
+        if self.seed_bundle is not None and not (self.seed_bundle / MANIFEST_FILE).is_file():
+            raise ValueError(f"DIN_SEED_BUNDLE={self.seed_bundle} is not a model bundle (no {MANIFEST_FILE})")
+        if self.seed_bundle is None:
+            try:
+                ModelRepository(self.models).current_path()
+            except RepositoryError as e:
+                raise ValueError(f"DIN_MODELS={self.models}: {e}") from e
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+            raise ValueError("DIN_ADMIN_TOKEN must be at least 16 characters")
+        return self

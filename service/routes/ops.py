@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import MetricsDep, ScorerDep, StoreDep
+from service.deps import MetricsDep, ModelsDep, ScorerDep, StoreDep
 
 router = APIRouter(tags=["operations"])
 
@@ -26,9 +26,10 @@ async def readyz(scorer: ScorerDep, store: StoreDep) -> JSONResponse:
 
 
 @router.get("/model")
-async def model(scorer: ScorerDep) -> dict[str, Any]:
-    """The loaded bundle's manifest."""
-    return scorer.bundle.manifest
+async def model(models: ModelsDep) -> dict[str, Any]:
+    """The version serving, the version the repository's pointer names, the last reload attempt,
+    and the loaded bundle's manifest."""
+    return models.status()
 
 
 @router.get("/metrics")

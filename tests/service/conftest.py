@@ -10,38 +10,35 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from model.din import DINConfig
-from model.export import export_bundle
-from model.train import TrainConfig, run
+from model.repository import ModelRepository
 from service.main import create_app
 from service.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """A small DIN trained on SYNTHETIC data (all four feature groups), and its bundle."""
-    root = tmp_path_factory.mktemp("service-model")
-    run(
-        DINConfig(),
-        TrainConfig(data="synthetic", out=str(root / "run"), epochs=2, progress=False, max_history=20),
-    )
-    export_bundle(root / "run" / "ckpt.pt", root / "bundle", version="test-v1")
-    return root / "run" / "ckpt.pt", root / "bundle"
+@pytest.fixture
+def models(trained, tmp_path) -> Path:
+    """A model repository whose current version is the trained bundle."""
+    repo = ModelRepository(tmp_path / "models")
+    repo.set_current(repo.publish(trained[1]))
+    return repo.root
 
 
 @pytest.fixture
-def settings(trained) -> Iterator[Settings]:
+def settings(models) -> Iterator[Settings]:
     prefix = f"test:{uuid.uuid4().hex}:"
-    yield Settings(
-        bundle=trained[1], redis_url=REDIS_URL, key_prefix=prefix, history_cap=50, max_candidates=300
-    )
+    yield Settings(models=models, redis_url=REDIS_URL, key_prefix=prefix, history_cap=50, max_candidates=300)
     r = redis.Redis.from_url(REDIS_URL)
     keys = list(r.scan_iter(match=f"{prefix}*"))
     if keys:
         r.delete(*keys)
     r.close()
+
+
+def changed(settings: Settings, **changes) -> Settings:
+    """A copy with changes, validated like the environment is (model_copy would skip that)."""
+    return Settings.model_validate(settings.model_dump() | changes)
 
 
 @pytest.fixture

@@ -87,3 +87,26 @@ def test_service_answers_the_same_with_micro_batching(trained, settings):
         got = batched.post("/score", json=body).json()["items"]
     assert [i["item_id"] for i in got] == [i["item_id"] for i in expected]
     np.testing.assert_allclose([i["ctr"] for i in got], [i["ctr"] for i in expected], atol=1e-6)
+
+
+def test_a_stopped_batcher_still_answers_queued_and_late_requests(trained):
+    """A hot swap stops the old model's batcher while requests holding that model may still call it."""
+    bundle = load_bundle(trained[1])
+    feeds = [request_feeds(bundle, s, 3, 4) for s in range(4)]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(2) as pool:
+            batcher = MicroBatcher(
+                bundle.run, lambda fn, f, e: loop.run_in_executor(pool, fn, f, e), 1000.0, 8, 1000, 2
+            )
+            batcher.start()
+            queued = [asyncio.create_task(batcher.score(f, False)) for f in feeds[:3]]
+            await asyncio.sleep(0.05)  # they wait in the open batch (max wait 1 s)
+            await batcher.stop()
+            late = await batcher.score(feeds[3], False)
+            return [await q for q in queued] + [late]
+
+    results = asyncio.run(asyncio.wait_for(main(), 5))
+    for r, f in zip(results, feeds, strict=True):
+        np.testing.assert_allclose(r[0], bundle.run(f)[0], atol=1e-6, rtol=0)

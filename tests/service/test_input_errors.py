@@ -97,9 +97,14 @@ def test_malformed_json_and_oversized_bodies_are_refused(client, settings):
     assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
 
 
-def test_a_missing_bundle_fails_at_start_up_with_the_variable_named(tmp_path):
-    with pytest.raises(ValueError, match="DIN_BUNDLE"):
-        Settings(bundle=tmp_path)
+def test_an_empty_model_repository_fails_at_start_up_with_the_variable_named(tmp_path):
+    with pytest.raises(ValueError, match=r"DIN_MODELS.*no current pointer"):
+        Settings(models=tmp_path)
+
+
+def test_a_short_admin_token_fails_at_start_up(models):
+    with pytest.raises(ValueError, match="DIN_ADMIN_TOKEN"):
+        Settings(models=models, admin_token="short")
 
 
 def test_unknown_ids_score_as_out_of_vocabulary(client):
@@ -109,8 +114,8 @@ def test_unknown_ids_score_as_out_of_vocabulary(client):
     assert r.status_code == 200 and 0 < r.json()["items"][0]["ctr"] < 1
 
 
-def test_redis_down_scores_degraded_and_refuses_writes(trained):
-    down = Settings(bundle=trained[1], redis_url="redis://127.0.0.1:1/0", redis_timeout_ms=50)
+def test_redis_down_scores_degraded_and_refuses_writes(models):
+    down = Settings(models=models, redis_url="redis://127.0.0.1:1/0", redis_timeout_ms=50)
     with TestClient(create_app(down)) as client:
         r = client.post("/score", json={"user_id": 1, "candidates": [OK_CANDIDATE]})
         assert r.status_code == 200 and r.json()["degraded"] is True and r.json()["history_length"] == 0

@@ -10,9 +10,10 @@ def test_readyz_reports_model_and_redis(client):
     assert r.status_code == 200 and r.json() == {"model": "test-v1", "redis": "ok"}
 
 
-def test_model_endpoint_returns_the_manifest(client):
+def test_model_endpoint_reports_the_serving_version_pointer_and_manifest(client):
     m = client.get("/model").json()
-    assert m["version"] == "test-v1" and m["max_history"] == 20 and "signature" in m
+    assert m["version"] == m["pointer"] == "test-v1" and m["last_reload"] is None
+    assert m["manifest"]["max_history"] == 20 and "signature" in m["manifest"]
 
 
 def test_metrics_expose_stage_histograms_candidates_and_model_version(client):
