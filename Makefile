@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test quickstart bench-train bench-model bench-service clean
+.PHONY: install lint test quickstart redeploy rollback bench-train bench-model bench-service clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,13 @@ test: lint
 # Serves a DIN on port 8000 (trains a small one on SYNTHETIC data first if none is published).
 quickstart:
 	bash scripts/quickstart.sh
+
+# Retrain, gate, publish and roll out: make redeploy ARGS="--instance http://127.0.0.1:8000 --data synthetic"
+redeploy: install
+	$(BIN)/python scripts/redeploy.py $(ARGS)
+
+rollback: install
+	$(BIN)/python scripts/redeploy.py --rollback $(ARGS)
 
 bench-train: install
 	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md

@@ -80,7 +80,7 @@ class ModelRepository:
             return Pointer(str(d["version"]), tuple(d["history"]), str(d["updated_at"]))
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise RepositoryError(f"{path} is not a valid pointer: {e}") from e
 
     def current(self) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.bundle import MANIFEST_FILE
@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     inference_threads: int = Field(2, ge=1)  # runs in flight at once, off the event loop
     microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
     microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
+
+    @field_validator("seed_bundle", "admin_token", mode="before")
+    @classmethod
+    def empty_means_unset(cls, v: object) -> object:
+        return None if v == "" else v  # compose passes ${VAR:-} as an empty string
 
     @model_validator(mode="after")
     def a_model_must_be_servable(self) -> Settings:

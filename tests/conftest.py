@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from model.din import DINConfig
 from model.export import export_bundle
 from model.train import TrainConfig, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts import as modules
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
