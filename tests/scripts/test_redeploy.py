@@ -24,6 +24,7 @@ from liveserver import ROOT, start_server, stop_server
 
 from model.bundle import MANIFEST_FILE
 from model.repository import ModelRepository
+from tests.service.test_models import drop_a_context_feature, flip_a_byte
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 TOKEN = "redeploy-test-token-0123456789"
@@ -164,6 +165,25 @@ def test_a_roll_out_that_cannot_reach_the_instances_rolls_the_pointer_back(deplo
     while serving_versions(deployment.url, probes=10) != {"test-v2"}:
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [(flip_a_byte, "does not match the sha256"), (drop_a_context_feature, "space.json disagree")],
+    ids=["corrupt", "wrong-signature"],
+)
+def test_a_bundle_that_cannot_be_served_is_refused_at_the_gate(deployment, trained, tmp_path, damage, reason):
+    staged = tmp_path / "bundle"
+    shutil.copytree(trained[1], staged)
+    manifest = json.loads((staged / MANIFEST_FILE).read_text())
+    (staged / MANIFEST_FILE).write_text(json.dumps(manifest | {"version": "test-broken"}))
+    damage(staged)
+
+    done = redeploy(deployment, "--bundle", str(staged), *TRAIN)
+
+    assert done.returncode == 1 and "the new bundle does not load" in done.stderr and reason in done.stderr
+    assert "test-broken" not in deployment.repo.versions() and deployment.repo.current() == "test-v2"
+    assert serving_versions(deployment.url) == {"test-v2"}
 
 
 def test_rollback_returns_every_worker_to_the_previous_version(deployment):

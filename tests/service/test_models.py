@@ -78,13 +78,13 @@ def test_reload_swaps_in_the_version_the_pointer_names(admin_client, models, tra
     assert old_scorer.version == "test-v1"  # a request that held it is still scored by v1
 
 
-def _flip_a_byte(folder: Path) -> None:
+def flip_a_byte(folder: Path) -> None:
     data = bytearray((folder / MODEL_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (folder / MODEL_FILE).write_bytes(bytes(data))
 
 
-def _drop_a_context_feature(folder: Path) -> None:
+def drop_a_context_feature(folder: Path) -> None:
     """A consistent bundle (hashes match) whose graph no longer fits its schema."""
     space = json.loads((folder / SPACE_FILE).read_text())
     space["schema"]["context"] = space["schema"]["context"][:-1]
@@ -97,8 +97,8 @@ def _drop_a_context_feature(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (_flip_a_byte, "does not match the sha256"),
-        (_drop_a_context_feature, "space.json disagree"),
+        (flip_a_byte, "does not match the sha256"),
+        (drop_a_context_feature, "space.json disagree"),
     ],
     ids=["corrupt", "wrong-signature"],
 )
@@ -141,7 +141,7 @@ def test_the_poll_picks_up_a_new_pointer_without_an_admin_call(settings, models,
 def test_the_poll_does_not_retry_a_failed_version_until_forced(settings, models, trained, tmp_path):
     repo = ModelRepository(models)
     with TestClient(create_app(changed(settings, model_poll_seconds=0.02, admin_token=TOKEN))) as client:
-        repo.set_current(publish_copy(repo, trained[1], "bad", tmp_path, edit=_flip_a_byte))
+        repo.set_current(publish_copy(repo, trained[1], "bad", tmp_path, edit=flip_a_byte))
         time.sleep(0.5)
         assert 'din_model_reloads_total{result="failed"} 1.0' in client.get("/metrics").text
         assert client.post("/admin/reload", headers=AUTH).status_code == 409
