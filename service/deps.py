@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.limits import Deadline
 from service.metrics import Metrics
 from service.models import ModelSlot
 from service.scorer import Scorer
 from service.settings import Settings
+from service.shutdown import Drain
 from service.store import BehaviorStore
 
 
@@ -34,8 +36,18 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_drain(request: Request) -> Drain:
+    return request.app.state.drain
+
+
+def get_deadline(request: Request) -> Deadline | None:
+    return getattr(request.state, "deadline", None)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelSlot, Depends(get_models)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 StoreDep = Annotated[BehaviorStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DrainDep = Annotated[Drain, Depends(get_drain)]
+DeadlineDep = Annotated[Deadline | None, Depends(get_deadline)]

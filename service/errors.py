@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.types import Send
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    detail: list[ErrorDetail]
 
 
 class ServiceError(Exception):
@@ -33,11 +48,61 @@ class Disabled(ServiceError):
     status_code, kind = 404, "disabled"
 
 
+class PayloadTooLarge(ServiceError):
+    status_code, kind = 413, "payload_too_large"
+
+
+class Overloaded(ServiceError):
+    """Admission control: too many requests in flight in this process."""
+
+    status_code, kind = 503, "overloaded"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request waited past its deadline; it is dropped rather than answered late."""
+
+    status_code, kind = 503, "deadline_exceeded"
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong bearer token", "model": ErrorBody},
+    404: {"description": "disabled", "model": ErrorBody},
+    413: {"description": "body too large", "model": ErrorBody},
+    422: {"description": "invalid input; `loc` names the field", "model": ErrorBody},
+    503: {
+        "description": "overloaded, past its deadline, or the store is down; see Retry-After",
+        "model": ErrorBody,
+    },
+}
+
+
+def errors_of(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of a route, for its OpenAPI entry."""
+    return {code: ERROR_RESPONSES[code] for code in codes}
+
+
+def error_body(exc: ServiceError) -> dict[str, Any]:
+    return {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind}]}
+
+
+def error_headers(exc: ServiceError) -> dict[str, str]:
+    if exc.status_code == 503:
+        return {"Retry-After": "1"}
+    if exc.status_code == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+async def send_error(send: Send, exc: ServiceError) -> None:
+    """The same answer as the exception handler, from ASGI middleware (outside FastAPI)."""
+    body = orjson.dumps(error_body(exc))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def handle(_: Request, exc: ServiceError) -> JSONResponse:
-        body = {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind}]}
-        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-        if exc.status_code == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))

@@ -1,13 +1,29 @@
-"""A cap on request body size, enforced while the body streams in (Content-Length can be absent)."""
+"""Limits enforced before a request reaches a route: body size, and admission control.
+
+Admission control bounds the scoring requests in flight or queued in this process, as Triton
+bounds its queue. Past the bound a request gets 503 with Retry-After at once, before its body is
+read, so an overload costs a rejected client microseconds and the accepted ones keep their latency.
+It counts requests inside the app: uvicorn's --limit-concurrency would also count idle keep-alive
+connections. Each admitted request also gets a deadline (DIN_DEADLINE_MS, or the client's
+X-Deadline-Ms header); work that would start after it is dropped with 503 instead of done late.
+"""
 
 from __future__ import annotations
 
-import json
+import time
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge, send_error
+from service.metrics import Metrics
+
+DEADLINE_HEADER = b"x-deadline-ms"
+
 
 class BodySizeLimit:
+    """A cap on the request body, enforced while it streams in (Content-Length can be absent)."""
+
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
@@ -15,9 +31,10 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = PayloadTooLarge(f"body larger than {self.max_bytes} bytes", ("body",))
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await send_error(send, too_large)
             return
         seen = 0
 
@@ -27,38 +44,64 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise too_large
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": [
-                    {
-                        "loc": ["body"],
-                        "msg": f"body larger than {self.max_bytes} bytes",
-                        "type": "payload_too_large",
-                    }
-                ]
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        except PayloadTooLarge as e:
+            await send_error(send, e)
 
 
-class _TooLarge(Exception):
-    pass
+@dataclass(frozen=True)
+class Deadline:
+    expires_at: float  # time.monotonic()
+    budget_ms: float
+
+    def check(self, stage: str) -> None:
+        if time.monotonic() > self.expires_at:
+            raise DeadlineExceeded(f"the request's {self.budget_ms:g} ms deadline passed before {stage}")
+
+
+class AdmissionControl:
+    def __init__(self, app: ASGIApp, paths: set[str], limit: int, deadline_ms: float, metrics: Metrics):
+        self.app, self.paths, self.limit, self.deadline_ms = app, paths, limit, deadline_ms
+        self.metrics = metrics
+        self.in_flight = 0  # the event loop is single-threaded: a plain counter is exact
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.metrics.rejected.labels(reason="overload").inc()
+            await send_error(send, Overloaded(f"{self.in_flight} requests in flight; retry shortly"))
+            return
+        try:
+            budget = self._budget_ms(scope)
+        except InvalidInput as e:
+            await send_error(send, e)
+            return
+        if budget:
+            scope.setdefault("state", {})["deadline"] = Deadline(time.monotonic() + budget / 1000, budget)
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    def _budget_ms(self, scope: Scope) -> float:
+        raw = dict(scope["headers"]).get(DEADLINE_HEADER)
+        if raw is None:
+            return self.deadline_ms
+        try:
+            budget = float(raw)
+        except ValueError:
+            budget = -1.0
+        if not 0 < budget <= 60_000:
+            raise InvalidInput(
+                "X-Deadline-Ms must be a number of milliseconds in (0, 60000]", ("header", "x-deadline-ms")
+            )
+        return budget

@@ -13,13 +13,15 @@ from fastapi_offline import FastAPIOffline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.breaker import CircuitBreaker
 from service.errors import install_error_handlers
 from service.keys import Keys
-from service.limits import BodySizeLimit
+from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
 from service.models import ModelSlot
 from service.routes import admin, ops, scoring
 from service.settings import Settings
+from service.shutdown import Drain
 from service.store import BehaviorStore
 
 log = logging.getLogger("service")
@@ -44,26 +46,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnx")
-        metrics = Metrics()
         models = ModelSlot(settings, executor, metrics)
         await models.start()
         client = redis_client(settings)
-        app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
+        app.state.settings, app.state.models = settings, models
         app.state.store = BehaviorStore(
             client,
             Keys(settings.key_prefix),
             settings.history_cap,
             settings.history_ttl_seconds,
-            settings.redis_backoff_seconds,
+            CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds, metrics),
         )
+        app.state.drain = drain = Drain()
+        drain.install(settings.shutdown_drain_seconds)
         log.info("serving model %s from %s", models.scorer.version, settings.models)
         try:
             yield
         finally:
+            # uvicorn has stopped accepting and the requests in flight have finished.
+            drain.draining = True
             await models.stop()
             await client.aclose()
             await client.connection_pool.disconnect()
+            log.info("redis connections closed")
             executor.shutdown(wait=True)
+            log.info("onnxruntime threads stopped; shutdown complete")
+            drain.uninstall()
 
     app = FastAPIOffline(
         title="DIN CTR scoring",
@@ -72,7 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "recent behaviours from Redis.",
         lifespan=lifespan,
     )
+    metrics = app.state.metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(  # added last, so it runs first: an overload is refused before anything else
+        AdmissionControl,
+        paths={"/score"},
+        limit=settings.max_in_flight,
+        deadline_ms=settings.deadline_ms,
+        metrics=metrics,
+    )
     install_error_handlers(app)
     app.include_router(scoring.router)
     app.include_router(ops.router)

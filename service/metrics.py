@@ -27,6 +27,13 @@ class Metrics:
         self.degraded = Counter(
             "din_score_degraded", "Requests scored without the behaviour store", registry=r
         )
+        self.rejected = Counter(
+            "din_rejected", "Scoring requests refused with 503", ["reason"], registry=r
+        )  # reason: overload (admission control) or deadline
+        self.in_flight = Gauge("din_in_flight", "Scoring requests admitted and not yet answered", registry=r)
+        self.breaker_open = Gauge(
+            "din_redis_breaker_open", "1 while the Redis circuit breaker is open or half-open", registry=r
+        )
         self.events = Counter("din_events_appended", "Behaviours appended through /events", registry=r)
         self.reloads = Counter(
             "din_model_reloads", "Model reload attempts that loaded or failed", ["result"], registry=r

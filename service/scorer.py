@@ -15,6 +15,7 @@ import numpy as np
 from model.bundle import Bundle
 from service.batcher import Feeds, MicroBatcher, RunFn
 from service.features import build_feeds
+from service.limits import Deadline
 from service.settings import Settings
 
 
@@ -57,12 +58,23 @@ class Scorer:
         context: dict[str, Any],
         candidates: list[dict[str, Any]],
         explain: bool,
+        deadline: Deadline | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """CTR per candidate, and attention [N, L] if asked. ``history`` is at most max_history long."""
+        """CTR per candidate, and attention [N, L] if asked. ``history`` is at most max_history long.
+        With a deadline, a run that would start after it is not started (DeadlineExceeded)."""
         b = self.bundle
         feeds = build_feeds(b.space, history, profile, context, candidates)
+        if deadline is not None:
+            deadline.check("scoring")
         if self.batcher is not None:
             outputs = await self.batcher.score(feeds, explain)
+        elif deadline is not None:
+
+            def run_in_time(feeds: Feeds, explain: bool) -> list[np.ndarray]:
+                deadline.check("scoring")  # it may have waited in the executor's queue
+                return b.run(feeds, explain)
+
+            outputs = await self.submit(run_in_time, feeds, explain)
         else:
             outputs = await self.submit(b.run, feeds, explain)
         return outputs[0], (outputs[1] if explain else None)

@@ -9,6 +9,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.features import check_fields, check_known, default_context
+from service.limits import Deadline
 from service.metrics import Metrics
 from service.schemas import Candidate, ScoreRequest, extra_fields
 from service.scorer import Scorer
@@ -44,13 +45,20 @@ def _row(c: Candidate) -> dict[str, Any]:
 
 
 async def score(
-    req: ScoreRequest, scorer: Scorer, store: BehaviorStore, metrics: Metrics, settings: Settings
+    req: ScoreRequest,
+    scorer: Scorer,
+    store: BehaviorStore,
+    metrics: Metrics,
+    settings: Settings,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
     """The response body (the ScoreResponse schema), built as plain data: per-item pydantic models
     cost more than the model run at a few hundred candidates."""
     t0 = time.perf_counter()
     rows = candidate_rows(req, scorer, settings)
     schema = scorer.bundle.space.schema
+    if deadline is not None:
+        deadline.check("reading the user")
     t_read = time.perf_counter()
     state = await store.read(
         req.user_id, limit=scorer.bundle.max_history, with_profile=req.user is None and bool(schema.profile)
@@ -65,7 +73,7 @@ async def score(
     body = {"model_version": scorer.version, "user_id": req.user_id, "degraded": state is None}
     if not rows:
         return body | {"history_length": len(history), "items": []}
-    ctr, attention = await scorer.run(history, profile, context, rows, req.explain)
+    ctr, attention = await scorer.run(history, profile, context, rows, req.explain, deadline)
     t_model = time.perf_counter()
     metrics.stage_seconds.labels(stage="model").observe(t_model - t_redis)
     metrics.candidates.observe(len(rows))

@@ -1,24 +1,26 @@
 """The behaviour store: each user's recent behaviours and profile in Redis.
 
 Reads for /score are one pipelined round trip (history + profile) with a short timeout. When Redis
-is slow or down the read returns ``None`` and the caller scores degraded; after a failure the store
-stops asking Redis for ``backoff_seconds``, so an outage costs requests nothing and a recovering
-Redis is not hit by every request at once. Writes are atomic per request (MULTI/EXEC) and raise
-``StoreUnavailable`` instead of pretending to succeed.
+is slow or down the read returns ``None`` and the caller scores degraded. Every call goes through a
+circuit breaker (``service.breaker``), so while Redis is down requests do not each pay a timeout.
+Writes are atomic per request (MULTI/EXEC) and raise ``StoreUnavailable`` instead of pretending to
+succeed, also at once while the circuit is open.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.keys import Keys
 
@@ -34,16 +36,15 @@ class UserState:
 
 class BehaviorStore:
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, cap: int, ttl_seconds: int, backoff_seconds: float
+        self, client: aioredis.Redis, keys: Keys, cap: int, ttl_seconds: int, breaker: CircuitBreaker
     ):
         self.client, self.keys, self.cap, self.ttl = client, keys, cap, ttl_seconds
-        self.backoff_seconds = backoff_seconds
-        self._skip_until = 0.0  # monotonic time before which reads do not try Redis
+        self.breaker = breaker
 
     async def read(self, user_id: RawId, limit: int, with_profile: bool = True) -> UserState | None:
         """The user's newest ``limit`` behaviours (at most the cap) and profile, or None when Redis
         cannot answer in time (the caller degrades). Only what the model will use is fetched."""
-        if time.monotonic() < self._skip_until:
+        if not self.breaker.allow():
             return None
         try:
             async with self.client.pipeline(transaction=False) as pipe:
@@ -52,38 +53,46 @@ class BehaviorStore:
                     pipe.hgetall(self.keys.profile(user_id))
                 replies = await pipe.execute()
         except (RedisError, OSError) as e:
-            self._skip_until = time.monotonic() + self.backoff_seconds
-            log.warning("redis read failed (%s); scoring degraded for %.1fs", e, self.backoff_seconds)
+            self.breaker.failure()
+            log.warning("redis read failed (%s); scoring degraded", e)
             return None
+        self.breaker.success()
         history = [orjson.loads(r) for r in replies[0]]
         profile = {_text(k): orjson.loads(v) for k, v in replies[1].items()} if with_profile else {}
         return UserState(history, profile)
 
     async def append(self, events_by_user: Mapping[RawId, Sequence[dict[str, Any]]]) -> None:
         """Appends each user's events in order and trims to the cap, all in one transaction."""
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for user_id, events in events_by_user.items():
-                    key = self.keys.history(user_id)
-                    pipe.rpush(key, *(orjson.dumps(e) for e in events))
-                    pipe.ltrim(key, -self.cap, -1)
-                    if self.ttl:
-                        pipe.expire(key, self.ttl)
-                await pipe.execute()
-        except (RedisError, OSError) as e:
-            log.warning("redis write failed: %s", e)
-            raise StoreUnavailable("the behaviour store is unavailable; nothing was written") from e
+        async with self._write() as pipe:
+            for user_id, events in events_by_user.items():
+                key = self.keys.history(user_id)
+                pipe.rpush(key, *(orjson.dumps(e) for e in events))
+                pipe.ltrim(key, -self.cap, -1)
+                if self.ttl:
+                    pipe.expire(key, self.ttl)
 
     async def upsert_profile(self, user_id: RawId, fields: Mapping[str, RawId]) -> None:
+        async with self._write() as pipe:
+            pipe.hset(self.keys.profile(user_id), mapping={k: orjson.dumps(v) for k, v in fields.items()})
+            if self.ttl:
+                pipe.expire(self.keys.profile(user_id), self.ttl)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Pipeline]:
+        """A MULTI/EXEC pipeline the caller fills; executed on exit. Either all of it is written or
+        StoreUnavailable is raised, also at once while the circuit is open."""
+        unavailable = "the behaviour store is unavailable; nothing was written"
+        if not self.breaker.allow():
+            raise StoreUnavailable(unavailable)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self.keys.profile(user_id), mapping={k: orjson.dumps(v) for k, v in fields.items()})
-                if self.ttl:
-                    pipe.expire(self.keys.profile(user_id), self.ttl)
+                yield pipe
                 await pipe.execute()
         except (RedisError, OSError) as e:
+            self.breaker.failure()
             log.warning("redis write failed: %s", e)
-            raise StoreUnavailable("the behaviour store is unavailable; nothing was written") from e
+            raise StoreUnavailable(unavailable) from e
+        self.breaker.success()
 
     async def ping(self) -> bool:
         try:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import MetricsDep, ModelsDep, ScorerDep, StoreDep
+from service.deps import DrainDep, MetricsDep, ModelsDep, ScorerDep, StoreDep
 
 router = APIRouter(tags=["operations"])
 
@@ -17,9 +17,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-async def readyz(scorer: ScorerDep, store: StoreDep) -> JSONResponse:
-    """Ready when a model is loaded and Redis answers."""
+@router.get("/readyz", responses={503: {"description": "draining for shutdown, or Redis unreachable"}})
+async def readyz(scorer: ScorerDep, store: StoreDep, drain: DrainDep) -> JSONResponse:
+    """Ready when a model is loaded, Redis answers, and the process is not shutting down."""
+    if drain.draining:
+        return JSONResponse({"model": scorer.version, "redis": "unknown", "status": "draining"}, 503)
     redis_ok = await store.ping()
     body = {"model": scorer.version, "redis": "ok" if redis_ok else "unreachable"}
     return JSONResponse(body, status_code=200 if redis_ok else 503)

@@ -125,3 +125,4 @@ def test_redis_down_scores_degraded_and_refuses_writes(models):
         assert client.get("/healthz").status_code == 200
         metrics = client.get("/metrics").text
         assert "din_score_degraded_total 1.0" in metrics
+        assert "din_redis_breaker_open 1.0" in metrics  # later requests do not each pay a timeout

@@ -1,0 +1,64 @@
+"""A circuit breaker for the behaviour store, so an outage costs requests no time.
+
+closed     every call goes to Redis; ``failures`` consecutive failures open the circuit.
+open       calls are refused at once (reads degrade, writes answer 503) for ``reset_seconds``.
+half-open  then one trial call at a time goes through: success closes the circuit, failure
+           opens it again. Recovery after Redis returns therefore takes at most about
+           ``reset_seconds`` plus one request, with no thundering herd on a restarting Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+from service.metrics import Metrics
+
+log = logging.getLogger("service.breaker")
+State = Literal["closed", "open", "half-open"]
+
+
+class CircuitBreaker:
+    def __init__(self, failures: int, reset_seconds: float, metrics: Metrics | None = None):
+        self.threshold, self.reset_seconds, self.metrics = failures, reset_seconds, metrics
+        self.consecutive_failures = 0
+        self.opened_at: float | None = None
+        self.trial_in_flight = False
+
+    @property
+    def state(self) -> State:
+        if self.opened_at is None:
+            return "closed"
+        return "open" if time.monotonic() - self.opened_at < self.reset_seconds else "half-open"
+
+    def allow(self) -> bool:
+        """May a call go to Redis now? In half-open, only one caller at a time gets a yes."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self.trial_in_flight:
+            self.trial_in_flight = True
+            return True
+        return False
+
+    def success(self) -> None:
+        if self.opened_at is not None:
+            log.info("redis answers again: circuit closed")
+        self.consecutive_failures, self.opened_at, self.trial_in_flight = 0, None, False
+        self._publish()
+
+    def failure(self) -> None:
+        self.consecutive_failures += 1
+        self.trial_in_flight = False
+        if self.opened_at is not None or self.consecutive_failures >= self.threshold:
+            if self.opened_at is None:
+                log.warning(
+                    "redis failed %d times: circuit open for %.2fs", self.threshold, self.reset_seconds
+                )
+            self.opened_at = time.monotonic()
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.metrics is not None:
+            self.metrics.breaker_open.set(0 if self.opened_at is None else 1)
