@@ -28,10 +28,10 @@ import numpy as np
 import orjson
 import pyarrow.csv as pacsv
 import redis
-from liveserver import ROOT, start_server, stop_server
-from load_behaviors import load, read_log
 
 from benchutil import machine, replace_readme_block
+from liveserver import ROOT, start_server, stop_server
+from load_behaviors import load, read_log
 from model.bundle import load_bundle, session_options
 from model.export import export_bundle
 from model.repository import ModelRepository

@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 
@@ -106,3 +107,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def handle(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Framework errors in the same shape; a body that is not JSON at all is a 422 on ``body``."""
+        if exc.status_code == 400:
+            return await handle(request, InvalidInput(f"the body is not valid JSON: {exc.detail}", ("body",)))
+        body = {"detail": [{"loc": [], "msg": str(exc.detail), "type": f"http_{exc.status_code}"}]}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

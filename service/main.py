@@ -27,8 +27,8 @@ from service.store import BehaviorStore
 log = logging.getLogger("service")
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    timeout = settings.redis_timeout_ms / 1000
+def redis_client(settings: Settings, timeout_ms: float) -> aioredis.Redis:
+    timeout = timeout_ms / 1000
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=64,
@@ -40,18 +40,34 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
+def configure_logging(level: str) -> None:
+    """uvicorn configures only its own loggers; ours go to stderr in the same shape."""
+    logger = logging.getLogger("service")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()  # fails fast on a bad environment, before serving anything
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnx")
         models = ModelSlot(settings, executor, metrics)
         await models.start()
-        client = redis_client(settings)
+        # Two pools: reads on the scoring path give up fast and degrade; writes may wait longer,
+        # since a write that fails is refused (503) and a spurious timeout would refuse it for nothing.
+        client = redis_client(settings, settings.redis_timeout_ms)
+        writer = redis_client(settings, settings.redis_write_timeout_ms)
         app.state.settings, app.state.models = settings, models
         app.state.store = BehaviorStore(
             client,
+            writer,
             Keys(settings.key_prefix),
             settings.history_cap,
             settings.history_ttl_seconds,
@@ -66,8 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # uvicorn has stopped accepting and the requests in flight have finished.
             drain.draining = True
             await models.stop()
-            await client.aclose()
-            await client.connection_pool.disconnect()
+            for c in (client, writer):
+                await c.aclose()
+                await c.connection_pool.disconnect()
             log.info("redis connections closed")
             executor.shutdown(wait=True)
             log.info("onnxruntime threads stopped; shutdown complete")

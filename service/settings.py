@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,7 @@ class Settings(BaseSettings):
     history_cap: int = Field(100, ge=1, le=10_000)  # behaviours kept per user (the newest)
     history_ttl_seconds: int = Field(90 * 24 * 3600, ge=0)  # idle users expire; 0 = never
     redis_timeout_ms: float = Field(50, gt=0)  # per Redis call on the scoring path
+    redis_write_timeout_ms: float = Field(1000, gt=0)  # per write (/events, /profile); then 503
     redis_breaker_failures: int = Field(1, ge=1)  # consecutive Redis failures that open the circuit
     redis_breaker_reset_seconds: float = Field(0.5, ge=0)  # open this long, then one trial call
     max_candidates: int = Field(1000, ge=1)
@@ -33,8 +35,9 @@ class Settings(BaseSettings):
     inference_threads: int = Field(2, ge=1)  # runs in flight at once, off the event loop
     microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
     microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
-    max_in_flight: int = Field(16, ge=1)  # /score requests admitted at once per process; more get 503
+    max_in_flight: int = Field(4, ge=1)  # /score requests admitted at once per process; more get 503
     deadline_ms: float = Field(0, ge=0)  # drop a /score request not started within this; 0 = none
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_drain_seconds: float = Field(0, ge=0)  # on SIGTERM, serve (not ready) this long first
 
     @field_validator("seed_bundle", "admin_token", mode="before")

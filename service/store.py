@@ -36,9 +36,15 @@ class UserState:
 
 class BehaviorStore:
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, cap: int, ttl_seconds: int, breaker: CircuitBreaker
+        self,
+        client: aioredis.Redis,
+        writer: aioredis.Redis,
+        keys: Keys,
+        cap: int,
+        ttl_seconds: int,
+        breaker: CircuitBreaker,
     ):
-        self.client, self.keys, self.cap, self.ttl = client, keys, cap, ttl_seconds
+        self.client, self.writer, self.keys, self.cap, self.ttl = client, writer, keys, cap, ttl_seconds
         self.breaker = breaker
 
     async def read(self, user_id: RawId, limit: int, with_profile: bool = True) -> UserState | None:
@@ -85,7 +91,7 @@ class BehaviorStore:
         if not self.breaker.allow():
             raise StoreUnavailable(unavailable)
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
+            async with self.writer.pipeline(transaction=True) as pipe:
                 yield pipe
                 await pipe.execute()
         except (RedisError, OSError) as e:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from liveserver import SERVE_COMMAND
 
+from liveserver import SERVE_COMMAND
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

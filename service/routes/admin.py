@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.deps import ModelsDep, SettingsDep
-from service.errors import Disabled, Unauthorized
+from service.errors import Disabled, Unauthorized, errors_of
+from service.models import ReloadReport
 
 bearer = HTTPBearer(auto_error=False, description="DIN_ADMIN_TOKEN")
 
@@ -31,7 +32,11 @@ def require_admin(
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-@router.post("/reload", responses={409: {"description": "the new version failed; the old one still serves"}})
+@router.post(
+    "/reload",
+    responses=errors_of(401, 404)
+    | {409: {"description": "the new version failed; the old one still serves", "model": ReloadReport}},
+)
 async def reload(
     models: ModelsDep,
     force: Annotated[bool, Query(description="retry a version that already failed")] = False,

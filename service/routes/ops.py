@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import DrainDep, MetricsDep, ModelsDep, ScorerDep, StoreDep
@@ -34,6 +34,7 @@ async def model(models: ModelsDep) -> dict[str, Any]:
     return models.status()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(m: MetricsDep) -> Response:
+    """Prometheus text format."""
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

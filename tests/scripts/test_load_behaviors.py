@@ -4,6 +4,7 @@ import uuid
 import orjson
 import pytest
 import redis
+
 from load_behaviors import main
 
 REDIS_URL = "redis://127.0.0.1:6379/15"

@@ -1,0 +1,299 @@
+"""The reliability scenarios (run them with scripts/reliability.py). Each takes the shared Suite and
+a scale (1 = the full run; CI uses a small one) and returns its figures with ``pass``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from liveserver import ROOT
+from loadgen import Answer, Run, _Connection, open_loop, pct, post
+from model.export import export_bundle
+from reliability import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, host_of, rss_mb
+from service.keys import Keys
+
+FUZZ_CHECKS = ",".join(
+    ("not_a_server_error", "status_code_conformance", "content_type_conformance",
+     "response_schema_conformance", "response_headers_conformance")
+)  # fmt: skip
+TARGETS = {
+    "overload": "503s answered within 50 ms (p99); accepted p99 ≤ 30 ms; 0 other 5xx",
+    "redis-outage": "0 5xx; recovery ≤ 1 s after Redis returns",
+    "redeploy": "0 failed requests",
+    "fuzz": "≥ 1,000 cases; 0 5xx; 0 responses off the schema",
+    "events": "0 lost; per-writer order and the cap kept",
+    "soak": "RSS growth ≤ 10%",
+}
+
+
+def overload(suite: Suite, scale: float) -> dict[str, Any]:
+    with Service(suite) as svc:
+        capacity = suite.capacity(svc.url)
+        rss_before = rss_mb(svc.pid)
+        run = asyncio.run(open_loop(svc.url, suite.score_request(host_of(svc.url)), 3 * capacity, 20 * scale))
+        rss_after = rss_mb(svc.pid)
+    s = run.summary()
+    passed = s["other_5xx"] == 0 and s["failed"] == 0 and s["reject_p99_ms"] <= 50 and s["ok_p99_ms"] <= 30
+    return {
+        "capacity_rps": capacity,
+        **s,
+        "rss_before_mb": rss_before,
+        "rss_after_mb": rss_after,
+        "pass": passed,
+    }
+
+
+def redis_outage(suite: Suite, scale: float) -> dict[str, Any]:
+    phase = max(4 * scale, 2.0)  # before, down, after
+
+    async def scenario(url: str, rate: float) -> tuple[Run, float, float]:
+        load = asyncio.create_task(open_loop(url, suite.score_request(host_of(url)), rate, 3 * phase))
+        await asyncio.sleep(phase)
+        killed = time.monotonic()
+        suite.redis.kill()
+        await asyncio.sleep(phase)
+        back = await asyncio.to_thread(suite.redis.start)
+        return await load, killed, back
+
+    with Service(suite) as svc:
+        run, killed, back = asyncio.run(scenario(svc.url, 0.5 * suite.capacity(svc.url)))
+    suite.reload_behaviours()  # the restarted Redis kept nothing (no persistence here)
+    s = run.summary()
+    answered = [a for a in run.answers if a.status == 200]
+    degraded = [a for a in answered if a.degraded]
+    during = [a for a in answered if killed < a.at < back]
+    last_degraded = max((a.at for a in degraded), default=back)
+    recovery = max(last_degraded - back, 0.0)
+    passed = s["other_5xx"] == 0 and s["failed"] == 0 and s["rejected_503"] == 0 and recovery <= 1.0
+    return {
+        "requests": len(run.answers),
+        "5xx": s["other_5xx"] + s["rejected_503"],
+        "failed": s["failed"],
+        "degraded_share": len(degraded) / max(len(answered), 1),
+        "outage_seconds": back - killed,
+        "p99_ms_during_outage": pct(during, 99),
+        "recovery_seconds": recovery,
+        "pass": passed,
+    }
+
+
+def redeploy(suite: Suite, scale: float) -> dict[str, Any]:
+    v2 = suite.workdir / "v2"
+    if not v2.exists():
+        export_bundle(suite.workdir / "run" / "ckpt.pt", v2, version="v2")
+    seconds = max(20 * scale, 8.0)
+    cmd = [sys.executable, "scripts/redeploy.py", "--models", str(suite.repo.root), "--bundle", str(v2)]
+    cmd += ["--admin-token", ADMIN_TOKEN, "--data", "synthetic", "--max-history", str(HISTORY)]
+    cmd += ["--gauc-margin", "1", "--work", str(suite.workdir / "redeploy")]
+
+    async def scenario(url: str, rate: float) -> tuple[Run, float, int]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(open_loop(url, suite.score_request(host_of(url)), rate, 600, stop=stop))
+        await asyncio.sleep(seconds / 4)
+        proc = await asyncio.create_subprocess_exec(*cmd, "--instance", url, cwd=ROOT)
+        code = await proc.wait()
+        done = time.monotonic()
+        await asyncio.sleep(seconds / 4)  # traffic after the switch: no mixed state
+        stop.set()
+        return await load, done, code
+
+    with Service(suite) as svc:
+        old = suite.repo.current()
+        run, done, code = asyncio.run(scenario(svc.url, 0.5 * suite.capacity(svc.url)))
+    versions = [a.version for a in sorted(run.answers, key=lambda a: a.at) if a.status == 200]
+    after = {a.version for a in run.answers if a.at - a.latency_ms / 1000 > done}  # sent after it
+    failed = [a for a in run.answers if a.status != 200]
+    switched = bool(versions) and versions[0] == old and after == {"v2"}
+    return {
+        "requests": len(run.answers),
+        "failed": len(failed),
+        "from": old,
+        "to": "v2",
+        "script_exit_code": code,
+        "pass": not failed and code == 0 and switched,
+    }
+
+
+def fuzz(suite: Suite, scale: float) -> dict[str, Any]:
+    examples = max(int(150 * scale), 10)
+    with Service(suite) as svc:
+        cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{svc.url}/openapi.json"]
+        cmd += ["--checks", FUZZ_CHECKS, "--max-examples", str(examples), "--workers", "1", "--seed", "1"]
+        cmd += ["-H", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    generated = re.search(r"(\d+) generated", done.stdout)
+    failures = dict(re.findall(r"❌ ([^:\n]+): (\d+)", done.stdout.split("SUMMARY")[-1]))
+    cases = int(generated.group(1)) if generated else 0
+    if done.returncode != 0:
+        print(done.stdout[-4000:], done.stderr[-2000:])
+    return {
+        "cases": cases,
+        "operations": len(re.findall(r"^  (?:GET|POST) /", done.stdout, re.M)) or None,
+        "server_errors": int(failures.get("Server error", 0)),
+        "failures": sum(int(v) for v in failures.values()),
+        "failure_kinds": failures,
+        "pass": done.returncode == 0 and cases >= (1000 if scale >= 1 else 1),
+    }
+
+
+def events(suite: Suite, scale: float) -> dict[str, Any]:
+    writers, users, batch, cap = 50, 100, 10, 250
+    total = max(int(10_000 * scale), writers * batch)
+    per_writer = total // writers
+    keys = Keys(PREFIX)
+    user_of = np.random.default_rng(0).integers(0, users, size=(writers, per_writer))
+
+    def event(w: int, seq: int, user: str) -> dict[str, Any]:
+        return {"user_id": user, "item_id": w * 1_000_000 + seq, "category_id": 1, "ts": seq}
+
+    async def send(conn: _Connection, url: str, body: bytes, statuses: list[int]) -> None:
+        """A well-behaved client: a 503 (nothing written) is retried after Retry-After."""
+        for _ in range(20):
+            status = (await conn.request(post("/events", body, host_of(url))))[0]
+            statuses.append(status)
+            if status != 503:
+                return
+            await asyncio.sleep(0.1)
+
+    async def writer(url: str, w: int, statuses: list[int]) -> None:
+        conn = _Connection(*await asyncio.open_connection(*host_of(url).split(":")))
+        for start in range(0, per_writer, batch):
+            seqs = range(start, min(start + batch, per_writer))
+            body = json.dumps({"events": [event(w, s, f"ev-{user_of[w, s]}") for s in seqs]}).encode()
+            await send(conn, url, body, statuses)
+        conn.writer.close()
+
+    async def cap_writer(url: str, statuses: list[int]) -> None:
+        conn = _Connection(*await asyncio.open_connection(*host_of(url).split(":")))
+        for start in range(0, cap + 50, batch):
+            body = json.dumps({"events": [event(99, s, "ev-cap") for s in range(start, start + batch)]})
+            await send(conn, url, body.encode(), statuses)
+        conn.writer.close()
+
+    async def scenario(url: str) -> list[int]:
+        statuses: list[int] = []
+        await asyncio.gather(*(writer(url, w, statuses) for w in range(writers)), cap_writer(url, statuses))
+        return statuses
+
+    client = redis.Redis.from_url(suite.redis.url)
+    client.delete(*(keys.history(f"ev-{u}") for u in range(users)), keys.history("ev-cap"))
+    t0 = time.monotonic()
+    with Service(suite, history_cap=cap) as svc:
+        statuses = asyncio.run(scenario(svc.url))
+    seconds = time.monotonic() - t0
+    stored = {
+        u: [json.loads(x)["item_id"] for x in client.lrange(keys.history(f"ev-{u}"), 0, -1)]
+        for u in range(users)
+    }
+    capped = [json.loads(x)["item_id"] for x in client.lrange(keys.history("ev-cap"), 0, -1)]
+    client.close()
+    sent = {(w * 1_000_000 + s) for w in range(writers) for s in range(per_writer)}
+    got = [i for items in stored.values() for i in items]
+    out_of_order = sum(
+        1
+        for items in stored.values()
+        for w in range(writers)
+        if (seq := [i for i in items if i // 1_000_000 == w]) != sorted(seq)
+    )
+    misplaced = sum(
+        1 for u, items in stored.items() for i in items if user_of[i // 1_000_000, i % 1_000_000] != u
+    )
+    cap_ok = capped == [99_000_000 + s for s in range(cap + 50)][-cap:]
+    lost = len(sent - set(got))
+    return {
+        "writers": writers,
+        "events": len(sent),
+        "users": users,
+        "lost": lost,
+        "duplicates": len(got) - len(set(got)),
+        "misplaced": misplaced,
+        "writer_order_violations": out_of_order,
+        "cap_kept": cap_ok,
+        "retried_503": sum(1 for s in statuses if s == 503),
+        "other_non_200": sum(1 for s in statuses if s not in (200, 503)),
+        "events_per_second": len(sent) / seconds,
+        "pass": lost == 0
+        and len(got) == len(set(got))
+        and not out_of_order
+        and not misplaced
+        and cap_ok
+        and all(s in (200, 503) for s in statuses),
+    }
+
+
+def soak(suite: Suite, scale: float) -> dict[str, Any]:
+    seconds = max(600 * scale, 10.0)
+    window = seconds / 10
+    rss: list[tuple[float, float]] = []
+
+    with Service(suite) as svc:
+        rate = 0.5 * suite.capacity(svc.url)
+        sample: Callable[[float], None] = lambda _: rss.append((time.monotonic(), rss_mb(svc.pid)))  # noqa: E731
+        run = asyncio.run(
+            open_loop(svc.url, suite.score_request(host_of(svc.url)), rate, seconds, on_tick=sample)
+        )
+    start = min(a.at for a in run.answers)
+    windows: list[list[Answer]] = [[] for _ in range(10)]
+    for a in run.answers:
+        windows[min(int((a.at - start) // window), 9)].append(a)
+    p99 = [pct([a for a in w if a.status == 200], 99) for w in windows]
+    warm = [m for t, m in rss if t - start >= window] or [rss[-1][1]]  # after the first window's warm-up
+    growth = (warm[-1] - warm[0]) / warm[0]
+    s = run.summary()
+    return {
+        "seconds": seconds,
+        "rate_rps": rate,
+        "requests": len(run.answers),
+        "failed": s["failed"] + s["other_5xx"] + s["rejected_503"],
+        "p99_first_window_ms": p99[0],
+        "p99_last_window_ms": p99[-1],
+        "p99_drift_ms": p99[-1] - p99[0],
+        "rss_start_mb": rss[0][1],
+        "rss_after_warmup_mb": warm[0],
+        "rss_end_mb": warm[-1],
+        "rss_growth_pct": 100 * growth,
+        "pass": growth <= 0.10 and s["failed"] == 0 and s["other_5xx"] == 0,
+    }
+
+
+SCENARIOS: dict[str, Callable[[Suite, float], dict[str, Any]]] = {
+    "overload": overload,
+    "redis-outage": redis_outage,
+    "redeploy": redeploy,
+    "fuzz": fuzz,
+    "events": events,
+    "soak": soak,
+}
+
+FIGURES = {
+    "overload": ("capacity_rps", "offered_rps", "share_503", "reject_p99_ms", "ok_p99_ms", "other_5xx",
+                 "rss_before_mb", "rss_after_mb"),
+    "redis-outage": ("5xx", "degraded_share", "p99_ms_during_outage", "recovery_seconds"),
+    "redeploy": ("requests", "failed", "from", "to"),
+    "fuzz": ("cases", "server_errors", "failures"),
+    "events": ("events", "writers", "lost", "duplicates", "writer_order_violations", "cap_kept"),
+    "soak": ("seconds", "rate_rps", "p99_first_window_ms", "p99_last_window_ms", "rss_after_warmup_mb",
+             "rss_end_mb", "rss_growth_pct"),
+}  # fmt: skip
+
+
+def readme_table(reports: dict[str, dict[str, Any]], machine: str) -> str:
+    rows = ["| scenario | target | measured | pass |", "|---|---|---|---|"]
+    for name, r in reports.items():
+        figures = ", ".join(f"{k} {_show(r[k])}" for k in FIGURES[name] if k in r)
+        rows.append(f"| {name} | {TARGETS[name]} | {figures} | {'yes' if r['pass'] else '**no**'} |")
+    return "\n".join(rows) + f"\n\nMachine: {machine}."
+
+
+def _show(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
