@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test quickstart redeploy rollback bench-train bench-model bench-service clean
+.PHONY: install lint test quickstart redeploy rollback reliability bench-train bench-model bench-service clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ redeploy: install
 
 rollback: install
 	$(BIN)/python scripts/redeploy.py --rollback $(ARGS)
+
+reliability: install
+	$(BIN)/python scripts/reliability.py all --readme README.md
 
 bench-train: install
 	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md

@@ -133,7 +133,10 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) 
     except BundleError as e:
         raise DeployError(f"gate: the new bundle does not load: {e}") from e
     version = candidate.version
-    step(3, f"gate for {version}: parity max abs error {candidate.manifest['parity_max_abs_error']}")
+    parity = candidate.manifest.get("parity_max_abs_error") or {"unmeasured": float("inf")}
+    step(3, f"gate for {version}: parity max abs error vs torch {parity}")
+    if max(parity.values()) > a.parity_tolerance:
+        raise DeployError(f"gate refused {version}: parity error {parity} > {a.parity_tolerance}")
     test = load_tables(tc.data, tc.max_history, tc.seed).test
     serving_version, serving = repo.current(), None
     if serving_version is not None:
@@ -183,6 +186,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--bundle", type=Path, help="deploy this exported bundle instead of training one")
     p.add_argument("--work", default="runs/redeploy", help="training runs and staged bundles go here")
     p.add_argument("--gauc-margin", type=float, default=0.002, help="allowed test GAUC drop vs serving")
+    p.add_argument("--parity-tolerance", type=float, default=1e-5, help="max ONNX vs torch error")
     p.add_argument("--keep", type=int, default=5, help="versions kept in the repository")
     p.add_argument("--verify-probes", type=int, default=20, help="consecutive /model answers per instance")
     p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds per instance")

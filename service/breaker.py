@@ -54,7 +54,9 @@ class CircuitBreaker:
         if self.opened_at is not None or self.consecutive_failures >= self.threshold:
             if self.opened_at is None:
                 log.warning(
-                    "redis failed %d times: circuit open for %.2fs", self.threshold, self.reset_seconds
+                    "redis failed %d time(s) in a row: circuit open for %.2fs",
+                    self.threshold,
+                    self.reset_seconds,
                 )
             self.opened_at = time.monotonic()
         self._publish()

@@ -102,6 +102,8 @@ class ModelSlot:
                 if wanted is None:
                     raise RepositoryError(f"{self.repository.root} has no current pointer")
             except RepositoryError as e:
+                if self.last is not None and self.last.error == str(e) and not force:
+                    return self.last  # the poll does not count the same broken pointer every second
                 return self._report("failed", None, str(e))
             if wanted == serving:  # also where a rollback of the pointer after a failure lands
                 self.failed_version = None

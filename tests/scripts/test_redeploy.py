@@ -187,6 +187,19 @@ def test_a_bundle_that_cannot_be_served_is_refused_at_the_gate(deployment, train
     assert serving_versions(deployment.url) == {"test-v2"}
 
 
+def test_a_bundle_exported_with_a_loose_parity_tolerance_is_refused(deployment, trained, tmp_path):
+    staged = tmp_path / "bundle"
+    shutil.copytree(trained[1], staged)
+    manifest = json.loads((staged / MANIFEST_FILE).read_text())
+    loose = manifest | {"version": "test-loose", "parity_max_abs_error": {"ctr": 0.01, "attention": 0.0}}
+    (staged / MANIFEST_FILE).write_text(json.dumps(loose))
+
+    done = redeploy(deployment, "--bundle", str(staged), *TRAIN)
+
+    assert done.returncode == 1 and "parity error" in done.stderr
+    assert deployment.repo.current() == "test-v2"
+
+
 def test_rollback_returns_every_worker_to_the_previous_version(deployment):
     done = redeploy(deployment, "--rollback")
 
