@@ -187,6 +187,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--work", default="runs/redeploy", help="training runs and staged bundles go here")
     p.add_argument("--gauc-margin", type=float, default=0.002, help="allowed test GAUC drop vs serving")
     p.add_argument("--parity-tolerance", type=float, default=1e-5, help="max ONNX vs torch error")
+    p.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority (0 = keep)")
     p.add_argument("--keep", type=int, default=5, help="versions kept in the repository")
     p.add_argument("--verify-probes", type=int, default=20, help="consecutive /model answers per instance")
     p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds per instance")
@@ -203,6 +204,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     a, train_argv = parse_args(argv)
+    if a.nice:
+        os.nice(a.nice)  # on a machine it shares with the API, serving keeps the CPU
     repo = ModelRepository(a.models)
     try:
         if a.rollback:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -65,6 +66,8 @@ class ModelSlot:
         self._scorer: Scorer | None = None
         self._poll: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        # Loads run on their own low-priority thread, so a reload cannot starve the serving threads.
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-load", initializer=_lower_priority)
 
     @property
     def scorer(self) -> Scorer:
@@ -78,7 +81,7 @@ class ModelSlot:
             seeded = self.repository.publish(self.settings.seed_bundle)
             self.repository.set_current(seeded)
             log.info("empty repository %s: published the seed bundle as %s", self.repository.root, seeded)
-        bundle = await asyncio.to_thread(self._load, self.repository.current_path().name)
+        bundle = await self._in_loader(self.repository.current_path().name)
         self._swap(bundle)
         if self.settings.model_poll_seconds > 0:
             self._poll = asyncio.create_task(self._poll_loop(), name="model-poll")
@@ -89,6 +92,7 @@ class ModelSlot:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        self.loader.shutdown(wait=True)
         if self._scorer is not None:
             await self._scorer.stop()
 
@@ -112,7 +116,7 @@ class ModelSlot:
             if wanted == self.failed_version and not force and self.last is not None:
                 return self.last
             try:
-                bundle = await asyncio.to_thread(self._load, wanted)
+                bundle = await self._in_loader(wanted)
             except (BundleError, RepositoryError, OSError) as e:
                 self.failed_version = wanted
                 log.error("reload of %s failed, still serving %s: %s", wanted, serving, e)
@@ -133,6 +137,9 @@ class ModelSlot:
             "last_reload": asdict(self.last) if self.last else None,
             "manifest": self.scorer.bundle.manifest,
         }
+
+    async def _in_loader(self, version: str) -> Bundle:
+        return await asyncio.get_running_loop().run_in_executor(self.loader, self._load, version)
 
     def _load(self, version: str) -> Bundle:
         bundle = load_bundle(
@@ -172,6 +179,13 @@ class ModelSlot:
                 await self.reload()
             except Exception:  # the poll must outlive any one bad attempt
                 log.exception("model poll failed")
+
+
+def _lower_priority(niceness: int = 10) -> None:
+    """Lowers the calling thread's CPU priority: on Linux a thread has its own nice value (and an
+    unprivileged process cannot raise it back, hence a dedicated thread); elsewhere a no-op."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def _now() -> str:
