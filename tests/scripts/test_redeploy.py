@@ -70,6 +70,15 @@ def redeploy(d: Deployment, *args: str, token: str = TOKEN) -> subprocess.Comple
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+def staged_copy(bundle: Path, tmp: Path, **manifest_changes: object) -> Path:
+    """A copy of the bundle, ready for --bundle, with manifest fields changed (it is not hashed)."""
+    staged = tmp / "bundle"
+    shutil.copytree(bundle, staged)
+    manifest = json.loads((staged / MANIFEST_FILE).read_text())
+    (staged / MANIFEST_FILE).write_text(json.dumps(manifest | manifest_changes))
+    return staged
+
+
 def serving_versions(url: str, probes: int = 20) -> set[str]:
     """What the workers report, over fresh connections (each may reach another worker)."""
     seen = set()
@@ -152,10 +161,7 @@ def test_the_gate_refuses_a_worse_model_and_the_old_one_keeps_serving(deployment
 
 
 def test_a_roll_out_that_cannot_reach_the_instances_rolls_the_pointer_back(deployment, trained, tmp_path):
-    staged = tmp_path / "bundle"
-    shutil.copytree(trained[1], staged)
-    manifest = json.loads((staged / MANIFEST_FILE).read_text())
-    (staged / MANIFEST_FILE).write_text(json.dumps(manifest | {"version": "test-v3"}))
+    staged = staged_copy(trained[1], tmp_path, version="test-v3")
 
     done = redeploy(deployment, "--bundle", str(staged), *TRAIN, token="wrong-token-0123456789")
 
@@ -174,10 +180,7 @@ def test_a_roll_out_that_cannot_reach_the_instances_rolls_the_pointer_back(deplo
     ids=["corrupt", "wrong-signature"],
 )
 def test_a_bundle_that_cannot_be_served_is_refused_at_the_gate(deployment, trained, tmp_path, damage, reason):
-    staged = tmp_path / "bundle"
-    shutil.copytree(trained[1], staged)
-    manifest = json.loads((staged / MANIFEST_FILE).read_text())
-    (staged / MANIFEST_FILE).write_text(json.dumps(manifest | {"version": "test-broken"}))
+    staged = staged_copy(trained[1], tmp_path, version="test-broken")
     damage(staged)
 
     done = redeploy(deployment, "--bundle", str(staged), *TRAIN)
@@ -188,11 +191,8 @@ def test_a_bundle_that_cannot_be_served_is_refused_at_the_gate(deployment, train
 
 
 def test_a_bundle_exported_with_a_loose_parity_tolerance_is_refused(deployment, trained, tmp_path):
-    staged = tmp_path / "bundle"
-    shutil.copytree(trained[1], staged)
-    manifest = json.loads((staged / MANIFEST_FILE).read_text())
-    loose = manifest | {"version": "test-loose", "parity_max_abs_error": {"ctr": 0.01, "attention": 0.0}}
-    (staged / MANIFEST_FILE).write_text(json.dumps(loose))
+    loose = {"ctr": 0.01, "attention": 0.0}
+    staged = staged_copy(trained[1], tmp_path, version="test-loose", parity_max_abs_error=loose)
 
     done = redeploy(deployment, "--bundle", str(staged), *TRAIN)
 
