@@ -81,13 +81,14 @@ def session_options(intra_threads: int = 0, inter_threads: int = 1) -> ort.Sessi
     return opts
 
 
-def smoke_feeds(space: FeatureSpace, n_candidates: int = 2) -> dict[str, np.ndarray]:
+def smoke_feeds(space: FeatureSpace, n_candidates: int = 2, history: int = 1) -> dict[str, np.ndarray]:
+    """One request of ``n_candidates`` and ``history`` behaviours, every id "unknown"."""
     s = space.schema
     return {
         "profile": np.ones((1, len(s.profile)), dtype=np.int64),
         "context": np.ones((1, len(s.context)), dtype=np.int64),
-        "history": np.ones((1, 1, len(s.behavior)), dtype=np.int64),
-        "history_len": np.ones(1, dtype=np.int64),
+        "history": np.ones((1, history, len(s.behavior)), dtype=np.int64),
+        "history_len": np.full(1, history, dtype=np.int64),
         "candidate": np.ones((n_candidates, len(s.behavior)), dtype=np.int64),
         "request_index": np.zeros(n_candidates, dtype=np.int64),
     }

@@ -182,11 +182,11 @@ def write_report(out: Path, name: str, report: dict[str, Any]) -> None:
     (out / f"{name}.json").write_text(json.dumps(report, indent=2))
     print(
         f"== {name}: "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in report.items() if k not in ("scenario", "machine"))
+        + ", ".join(f"{k} {fmt(v)}" for k, v in report.items() if k not in ("scenario", "machine"))
     )
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 

@@ -19,7 +19,7 @@ import redis
 from liveserver import ROOT
 from loadgen import Answer, Run, _Connection, open_loop, pct, post
 from model.export import export_bundle
-from reliability import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, host_of, rss_mb
+from reliability import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, fmt, host_of, rss_mb
 from service.keys import Keys
 
 FUZZ_CHECKS = ",".join(
@@ -298,10 +298,6 @@ FIGURES = {
 def readme_table(reports: dict[str, dict[str, Any]], machine: str) -> str:
     rows = ["| scenario | target | measured | pass |", "|---|---|---|---|"]
     for name, r in reports.items():
-        figures = ", ".join(f"{k} {_show(r[k])}" for k in FIGURES[name] if k in r)
+        figures = ", ".join(f"{k} {fmt(r[k])}" for k in FIGURES[name] if k in r)
         rows.append(f"| {name} | {TARGETS[name]} | {figures} | {'yes' if r['pass'] else '**no**'} |")
     return "\n".join(rows) + f"\n\nMachine: {machine}."
-
-
-def _show(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)

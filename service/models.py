@@ -18,9 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import numpy as np
-
-from model.bundle import Bundle, BundleError, load_bundle, session_options
+from model.bundle import Bundle, BundleError, load_bundle, session_options, smoke_feeds
 from model.repository import ModelRepository, RepositoryError
 from service.metrics import Metrics
 from service.scorer import Scorer
@@ -43,17 +41,8 @@ class ReloadReport:
 def warm_up(bundle: Bundle, max_candidates: int) -> None:
     """Runs the shapes real traffic brings, so the first requests after a swap do not pay
     onnxruntime's first-run allocations."""
-    s = bundle.space.schema
     for n in sorted({1, min(50, max_candidates), min(200, max_candidates)}):
-        feeds = {
-            "profile": np.ones((1, len(s.profile)), dtype=np.int64),
-            "context": np.ones((1, len(s.context)), dtype=np.int64),
-            "history": np.ones((1, bundle.max_history, len(s.behavior)), dtype=np.int64),
-            "history_len": np.full(1, bundle.max_history, dtype=np.int64),
-            "candidate": np.ones((n, len(s.behavior)), dtype=np.int64),
-            "request_index": np.zeros(n, dtype=np.int64),
-        }
-        bundle.run(feeds, with_attention=n == 1)
+        bundle.run(smoke_feeds(bundle.space, n, bundle.max_history), with_attention=n == 1)
 
 
 class ModelSlot:
