@@ -35,6 +35,17 @@ def check_fields(
         _check_type(space, name, values[name], (*loc, name))
 
 
+def check_column(space: FeatureSpace, name: str, column: Sequence[Any], loc: tuple[str | int, ...]) -> None:
+    """One required feature over many rows (``column[i]`` is row i's value, None if absent)."""
+    want = str if space.vocabs[name].is_string else int
+    if all(type(v) is want for v in column):
+        return
+    i = next(i for i, v in enumerate(column) if type(v) is not want)
+    if column[i] is None:
+        raise InvalidInput(f"missing feature {name!r}", (*loc, i, name))
+    _check_type(space, name, column[i], (*loc, i, name))
+
+
 def check_known(
     space: FeatureSpace, values: Mapping[str, Any], names: Sequence[str], loc: tuple[str | int, ...]
 ) -> None:

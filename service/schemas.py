@@ -3,18 +3,29 @@ checked against the loaded model's schema in ``service.features``, naming the of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 RawId = int | str
 
 
-class Candidate(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {"item_id": 2, "category_id": 16}})
-    __pydantic_extra__: dict[str, RawId]  # other ad fields: ids only
-
-    item_id: RawId
+# A candidate ad: its feature ids by name. A plain mapping, not a model: validating a few hundred
+# model instances per request cost more than the model run. item_id and the model's other ad fields
+# are checked per column against the loaded schema (service.scoring.candidate_rows).
+Candidate = Annotated[
+    dict[str, RawId],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "title": "Candidate",
+            "properties": {"item_id": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
+            "required": ["item_id"],
+            "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "example": {"item_id": 2, "category_id": 16},
+        }
+    ),
+]
 
 
 class ScoreRequest(BaseModel):
