@@ -36,10 +36,10 @@ from model.export import export_bundle
 from model.repository import ModelRepository
 from model.train import TrainConfig, run
 from service.keys import Keys
-from service.settings import Settings
 
 N_CANDIDATES, HISTORY, PREFIX = 200, 50, "rel:"
 ADMIN_TOKEN = "reliability-suite-token-0123456789"
+CAPACITY_CLIENTS = 4  # back-to-back clients that keep one worker busy without a standing queue
 
 
 class RedisServer:
@@ -108,7 +108,7 @@ class Suite:
     def capacity(self, url: str, seconds: float = 8) -> float:
         """Answers per second with as many clients sending back to back as one worker admits."""
         if self.capacity_rps is None:
-            clients = Settings.model_fields["max_in_flight"].default  # as many as are admitted
+            clients = CAPACITY_CLIENTS
             run = asyncio.run(closed_loop(url, self.score_request(host_of(url)), clients, seconds))
             self.capacity_rps = len(run.of(200)) / run.seconds
             print(f"capacity at N = {N_CANDIDATES}, L = {HISTORY}: {self.capacity_rps:.0f} requests/s")

@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(  # added last, so it runs first: an overload is refused before anything else
         AdmissionControl,
         paths={"/score"},
-        limit=settings.max_in_flight,
+        max_in_flight=settings.max_in_flight,
+        max_queue_ms=settings.max_queue_ms,
         deadline_ms=settings.deadline_ms,
         metrics=metrics,
     )

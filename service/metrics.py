@@ -31,6 +31,9 @@ class Metrics:
             "din_rejected", "Scoring requests refused with 503", ["reason"], registry=r
         )  # reason: overload (admission control) or deadline
         self.in_flight = Gauge("din_in_flight", "Scoring requests admitted and not yet answered", registry=r)
+        self.expected_wait = Gauge(
+            "din_expected_wait_seconds", "Expected wait of a new scoring request (admission)", registry=r
+        )
         self.breaker_open = Gauge(
             "din_redis_breaker_open", "1 while the Redis circuit breaker is open or half-open", registry=r
         )

@@ -32,10 +32,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(2_000_000, ge=1024)
     explain_top: int = Field(5, ge=1)  # behaviours listed per item with explain=true
     ort_intra_threads: int = Field(1, ge=0)  # onnxruntime threads per run (0 = all cores)
-    inference_threads: int = Field(2, ge=1)  # runs in flight at once, off the event loop
+    inference_threads: int = Field(1, ge=1)  # runs in flight at once, off the event loop (see README)
     microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
     microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
-    max_in_flight: int = Field(4, ge=1)  # /score requests admitted at once per process; more get 503
+    max_queue_ms: float = Field(20, ge=0)  # 503 a /score request expected to wait longer; 0 = never
+    max_in_flight: int = Field(64, ge=1)  # hard cap on /score requests in flight per process
     deadline_ms: float = Field(0, ge=0)  # drop a /score request not started within this; 0 = none
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_drain_seconds: float = Field(0, ge=0)  # on SIGTERM, serve (not ready) this long first

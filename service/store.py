@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.breaker import CircuitBreaker
@@ -61,6 +62,7 @@ class BehaviorStore:
         except (RedisError, OSError) as e:
             self.breaker.failure()
             log.warning("redis read failed (%s); scoring degraded", e)
+            await _drop_idle_if_gone(self.client, e)
             return None
         self.breaker.success()
         history = [orjson.loads(r) for r in replies[0]]
@@ -97,6 +99,7 @@ class BehaviorStore:
         except (RedisError, OSError) as e:
             self.breaker.failure()
             log.warning("redis write failed: %s", e)
+            await _drop_idle_if_gone(self.writer, e)
             raise StoreUnavailable(unavailable) from e
         self.breaker.success()
 
@@ -105,6 +108,19 @@ class BehaviorStore:
             return bool(await self.client.ping())
         except (RedisError, OSError):
             return False
+
+
+async def _drop_idle_if_gone(client: aioredis.Redis, error: BaseException) -> None:
+    """After a lost connection, closes the pool's idle connections too: they point at the same
+    dead server, and the pool's own check does not notice a peer that closed (measured: without
+    this, the first requests after Redis came back took stale connections, failed, and reopened
+    the circuit for seconds)."""
+    lost = isinstance(error, OSError) and not isinstance(error, TimeoutError)  # a timeout is no proof
+    if isinstance(error, RedisConnectionError) or lost:
+        try:
+            await client.connection_pool.disconnect(inuse_connections=False)
+        except (RedisError, OSError) as e:
+            log.warning("closing idle redis connections failed: %s", e)
 
 
 def _text(v: bytes | str) -> str:

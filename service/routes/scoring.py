@@ -4,16 +4,27 @@ import orjson
 from fastapi import APIRouter, Response
 
 from service import events, scoring
-from service.deps import DeadlineDep, MetricsDep, ScorerDep, SettingsDep, StoreDep
+from service.deps import DeadlineDep, MetricsDep, ScoreBody, ScorerDep, SettingsDep, StoreDep
 from service.errors import errors_of
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest, ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
 
-@router.post("/score", response_model=ScoreResponse, responses=errors_of(413, 422, 503))
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=errors_of(413, 422, 503),
+    # The body is parsed by the ScoreBody dependency, so its schema is declared here.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
+        }
+    },
+)
 async def score(
-    req: ScoreRequest,
+    req: ScoreBody,
     scorer: ScorerDep,
     store: StoreDep,
     metrics: MetricsDep,
