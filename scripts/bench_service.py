@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> None:
         help="DIN_MICROBATCH_WAIT_MS values to compare (0 = off)",
     )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=0.0,
+        help="DIN_MAX_QUEUE_MS; 0 (default here) turns admission control off, so the runs measure "
+        "capacity: 16 back-to-back clients queue past the service's default 20 ms budget",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--readme", type=Path, help="replace the bench_service block of this file")
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
                 "DIN_REDIS_URL": REDIS_URL,
                 "DIN_KEY_PREFIX": PREFIX,
                 "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
+                "DIN_MAX_QUEUE_MS": str(a.max_queue_ms),
             }
             server, url = start_server(env, a.workers)
             try:
@@ -224,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         f"\n\nFloors in the same run: HTTP (GET /healthz) p50 {floors['http_p50_ms']:.2f} ms, "
         f"Redis pipelined read p50 {floors['redis_p50_ms']:.2f} ms, "
         f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms. "
+        f"{a.workers} uvicorn worker(s), admission control "
+        f"{f'at DIN_MAX_QUEUE_MS={a.max_queue_ms:g}' if a.max_queue_ms else 'off'}. "
         f"Machine: {info}; wrk and the server share it."
     )
     print("\n" + md)

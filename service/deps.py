@@ -57,7 +57,10 @@ async def get_score_request(request: Request) -> ScoreRequest:
     try:
         return ScoreRequest.model_validate_json(await request.body())
     except ValidationError as e:
-        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        # No "input": it may be bytes that are not UTF-8, which FastAPI's error encoder cannot print.
+        errors = [
+            {**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False, include_input=False)
+        ]
         raise RequestValidationError(errors) from None
 
 

@@ -35,6 +35,7 @@ def test_overload_is_answered_with_503s_and_no_other_errors(suite):
 def test_a_redis_outage_degrades_without_5xx_and_recovers_by_itself(suite):
     r = run(suite, "redis-outage")
     assert r["5xx"] == 0 and r["failed"] == 0
+    assert r["shed_503"] <= r["requests"] * 0.01  # admission control may shed a burst on a busy CI box
     assert 0 < r["degraded_share"] < 1
     assert r["recovery_seconds"] < 10  # it recovers; how fast is measured by the full run
 

@@ -90,8 +90,9 @@ def test_a_batch_with_one_bad_event_writes_none_of_it(client):
 
 
 def test_malformed_json_and_oversized_bodies_are_refused(client, settings):
-    r = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    for raw in (b"{not json", b"\x7f\xbd"):  # the second is not even UTF-8 (found by fuzzing)
+        r = client.post("/score", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"], r.text
     big = b'{"user_id": 1, "candidates": [' + b'{"item_id": 1, "category_id": 1},' * 70_000 + b"]}"
     r = client.post("/score", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]

@@ -1,0 +1,66 @@
+"""The admission policy: shed by expected wait, and only against a standing queue.
+
+A fixed bound on requests in flight is wrong both ways: one small enough to keep latency low under
+overload also refuses the bursts of a half-loaded worker (a bound of 4 shed 0.07% of requests at
+50% load), and one large enough for bursts lets an overload queue up. So, as CoDel does for
+packets, a worker tells a burst, which drains by itself, from a standing queue, which only
+shedding drains:
+
+- ``WaitEstimate``: the wait a newcomer would have behind the requests in flight, from how fast
+  this worker finishes requests while busy (it adapts to the machine and the request size);
+- ``StandingQueue``: refuse a newcomer that would wait past the budget only once the expected wait
+  has stayed past it for an interval, and keep refusing until it has stayed below half the budget
+  for an interval; a burst is admitted unless it would wait past a hard ceiling.
+"""
+
+from __future__ import annotations
+
+
+class WaitEstimate:
+    """Seconds a newcomer would wait behind ``k`` requests in flight: k times the time the worker
+    takes to finish one more request while it stays busy (an EWMA of the gaps between completions
+    that left work behind; a gap after which the worker went idle says nothing about its speed).
+    One gap moves the estimate at most 2x: a single request stalled on I/O (a Redis timeout) must
+    not shed the requests queued behind it, while a standing queue still raises it in a few
+    completions."""
+
+    def __init__(self, smoothing: float = 0.1):
+        self.smoothing = smoothing
+        self.seconds_per_completion = 0.0  # 0 until the worker has been busy once: admit
+        self._busy_since: float | None = None  # the last completion that left work in flight
+
+    def completed(self, now: float, still_in_flight: int) -> None:
+        if self._busy_since is not None:
+            gap, s = now - self._busy_since, self.seconds_per_completion
+            self.seconds_per_completion = gap if s == 0 else s + self.smoothing * (min(gap, 2 * s) - s)
+        self._busy_since = now if still_in_flight else None
+
+    def wait(self, in_flight: int) -> float:
+        return in_flight * self.seconds_per_completion
+
+
+class StandingQueue:
+    """Decides, from successive expected waits, whether to refuse a newcomer."""
+
+    def __init__(self, budget: float, interval: float = 0.1, ceiling: float = 3.0):
+        self.budget, self.interval = budget, interval  # seconds
+        self.ceiling = ceiling * budget  # no newcomer waits longer, standing queue or not
+        self.shedding = False
+        self._over_since: float | None = None  # expected wait > budget continuously since
+        self._calm_since: float | None = None  # expected wait <= budget / 2 continuously since
+
+    def refuse(self, wait: float, now: float) -> bool:
+        over, calm = wait > self.budget, wait <= self.budget / 2
+        if not over:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = now
+        if not calm:
+            self._calm_since = None
+        elif self._calm_since is None:
+            self._calm_since = now
+        if self._over_since is not None and now - self._over_since >= self.interval:
+            self.shedding = True
+        if self._calm_since is not None and now - self._calm_since >= self.interval:
+            self.shedding = False
+        return wait > self.ceiling or (self.shedding and over)
