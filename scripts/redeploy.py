@@ -37,8 +37,11 @@ class DeployError(Exception):
     """A step failed; what is serving is unchanged or has been rolled back."""
 
 
+STARTED = time.monotonic()
+
+
 def step(n: int | str, message: str) -> None:
-    print(f"[{n}/7] {message}", flush=True)
+    print(f"[{n}/7] {message} ({time.monotonic() - STARTED:.1f} s)", flush=True)
 
 
 def call(url: str, token: str | None, method: str = "GET", timeout: float = 30) -> tuple[int, dict[str, Any]]:

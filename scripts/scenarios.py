@@ -115,7 +115,7 @@ def redeploy(suite: Suite, scale: float) -> dict[str, Any]:
         rate = (0.5 if scale >= 1 else 0.25) * suite.capacity(svc.url)
         run, done, code = asyncio.run(scenario(svc.url, rate))
     versions = [a.version for a in sorted(run.answers, key=lambda a: a.at) if a.status == 200]
-    after = {a.version for a in run.answers if a.at - a.latency_ms / 1000 > done}  # sent after it
+    after = {a.version for a in run.of(200) if a.at - a.latency_ms / 1000 > done}  # sent after it
     failed = [a for a in run.answers if a.status not in (200, 503)]
     shed = run.of(503)  # admission control shedding a burst; the soak shows its rate without a redeploy
     switched = bool(versions) and versions[0] == old and after == {"v2"}
