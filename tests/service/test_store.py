@@ -1,0 +1,44 @@
+"""The behaviour store against the real Redis, including connections the server drops."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import redis
+import redis.asyncio as aioredis
+
+from service.breaker import CircuitBreaker
+from service.keys import Keys
+from service.metrics import Metrics
+from service.store import BehaviorStore
+from tests.service.conftest import REDIS_URL
+
+
+def test_after_the_server_drops_its_connections_one_read_fails_and_the_next_ones_are_served_fresh():
+    name = f"din-test-{uuid.uuid4().hex[:8]}"
+    prefix = f"test:{uuid.uuid4().hex}:"
+
+    async def main() -> tuple[list[bool], bool, list[bool]]:
+        client = aioredis.Redis.from_url(REDIS_URL, client_name=name)
+        store = BehaviorStore(client, client, Keys(prefix), 50, 0, CircuitBreaker(1, 0.0, Metrics()))
+        await store.append({1: [{"item_id": 5, "category_id": 3}]})
+        # Three reads at once leave three idle connections in the pool.
+        warm = [s is not None for s in await asyncio.gather(*(store.read(1, 50) for _ in range(3)))]
+        killer = redis.Redis.from_url(REDIS_URL)  # as a Redis restart would, close them server-side
+        for c in killer.client_list():
+            if c["name"] == name:
+                killer.client_kill_filter(_id=c["id"])
+        killer.delete(Keys(prefix).history(1))
+        killer.close()
+        first = await store.read(1, 50)  # takes a dead connection: degraded
+        assert await store.read(1, 50) is not None  # the circuit's trial call closes it again
+        # The pool hands out its newest connection first, so only concurrent reads reach the older
+        # dead ones: without the fix, two of these three failed.
+        after = [s is not None for s in await asyncio.gather(*(store.read(1, 50) for _ in range(3)))]
+        await client.aclose()
+        return warm, first is None, after
+
+    warm, first_failed, after = asyncio.run(main())
+    assert warm == [True, True, True]
+    assert first_failed and after == [True, True, True]
