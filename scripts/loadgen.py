@@ -10,14 +10,32 @@ needs (``degraded``, ``model_version``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import uvloop
+
+T = TypeVar("T")
+
+
+def run_load(main: Coroutine[Any, Any, T]) -> T:
+    """Runs a load coroutine so that the client's own pauses are not reported as the server's
+    latency (it counts from the scheduled send). Two were measured: the standard asyncio loop
+    fell behind by up to 330 ms at 1,100 requests/s (uvloop: 6 ms), and a full garbage collection
+    over a process that has just trained a model stopped the client for about 400 ms. Objects that
+    exist before the run are frozen out of the collector's reach."""
+    gc.collect()
+    gc.freeze()
+    try:
+        return uvloop.run(main)
+    finally:
+        gc.unfreeze()
 
 
 @dataclass

@@ -13,7 +13,6 @@ same run, and the offered loads are multiples of it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -30,7 +29,7 @@ import redis
 from benchutil import machine, replace_readme_block
 from liveserver import ROOT, free_port, start_server, stop_server
 from load_behaviors import load, read_log
-from loadgen import closed_loop, post
+from loadgen import closed_loop, post, run_load
 from model.din import DINConfig
 from model.export import export_bundle
 from model.repository import ModelRepository
@@ -109,7 +108,7 @@ class Suite:
         """Answers per second with as many clients sending back to back as one worker admits."""
         if self.capacity_rps is None:
             clients = CAPACITY_CLIENTS
-            run = asyncio.run(closed_loop(url, self.score_request(host_of(url)), clients, seconds))
+            run = run_load(closed_loop(url, self.score_request(host_of(url)), clients, seconds))
             self.capacity_rps = len(run.of(200)) / run.seconds
             print(f"capacity at N = {N_CANDIDATES}, L = {HISTORY}: {self.capacity_rps:.0f} requests/s")
         return self.capacity_rps

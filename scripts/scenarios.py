@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from liveserver import ROOT
-from loadgen import Answer, Run, _Connection, open_loop, pct, post
+from loadgen import Answer, Run, _Connection, open_loop, pct, post, run_load
 from model.export import export_bundle
 from reliability import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, fmt, host_of, rss_mb
 from service.keys import Keys
@@ -40,7 +40,7 @@ def overload(suite: Suite, scale: float) -> dict[str, Any]:
     with Service(suite) as svc:
         capacity = suite.capacity(svc.url)
         rss_before = rss_mb(svc.pid)
-        run = asyncio.run(open_loop(svc.url, suite.score_request(host_of(svc.url)), 3 * capacity, 20 * scale))
+        run = run_load(open_loop(svc.url, suite.score_request(host_of(svc.url)), 3 * capacity, 20 * scale))
         rss_after = rss_mb(svc.pid)
     s = run.summary()
     passed = s["other_5xx"] == 0 and s["failed"] == 0 and s["reject_p99_ms"] <= 50 and s["ok_p99_ms"] <= 30
@@ -66,7 +66,7 @@ def redis_outage(suite: Suite, scale: float) -> dict[str, Any]:
         return await load, killed, back
 
     with Service(suite) as svc:
-        run, killed, back = asyncio.run(scenario(svc.url, 0.5 * suite.capacity(svc.url)))
+        run, killed, back = run_load(scenario(svc.url, 0.5 * suite.capacity(svc.url)))
     suite.reload_behaviours()  # the restarted Redis kept nothing (no persistence here)
     s = run.summary()
     answered = [a for a in run.answers if a.status == 200]
@@ -113,7 +113,7 @@ def redeploy(suite: Suite, scale: float) -> dict[str, Any]:
         # Half of capacity; a quarter in the short CI runs, where the machine is busier and only
         # the behaviour is judged.
         rate = (0.5 if scale >= 1 else 0.25) * suite.capacity(svc.url)
-        run, done, code = asyncio.run(scenario(svc.url, rate))
+        run, done, code = run_load(scenario(svc.url, rate))
     versions = [a.version for a in sorted(run.answers, key=lambda a: a.at) if a.status == 200]
     after = {a.version for a in run.of(200) if a.at - a.latency_ms / 1000 > done}  # sent after it
     failed = [a for a in run.answers if a.status not in (200, 503)]
@@ -196,7 +196,7 @@ def events(suite: Suite, scale: float) -> dict[str, Any]:
     client.delete(*(keys.history(f"ev-{u}") for u in range(users)), keys.history("ev-cap"))
     t0 = time.monotonic()
     with Service(suite, history_cap=cap) as svc:
-        statuses = asyncio.run(scenario(svc.url))
+        statuses = run_load(scenario(svc.url))
     seconds = time.monotonic() - t0
     stored = {
         u: [json.loads(x)["item_id"] for x in client.lrange(keys.history(f"ev-{u}"), 0, -1)]
@@ -246,7 +246,7 @@ def soak(suite: Suite, scale: float) -> dict[str, Any]:
     with Service(suite) as svc:
         rate = 0.5 * suite.capacity(svc.url)
         sample: Callable[[float], None] = lambda _: rss.append((time.monotonic(), rss_mb(svc.pid)))  # noqa: E731
-        run = asyncio.run(
+        run = run_load(
             open_loop(svc.url, suite.score_request(host_of(svc.url)), rate, seconds, on_tick=sample)
         )
     start = min(a.at for a in run.answers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.drain = drain = Drain()
         drain.install(settings.shutdown_drain_seconds)
         log.info("serving model %s from %s", models.scorer.version, settings.models)
+        # Everything built so far lives as long as the process; moved out of the collector's
+        # reach, it no longer makes each full collection a 30-60 ms pause of the event loop.
+        gc.freeze()
         try:
             yield
         finally:
