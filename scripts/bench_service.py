@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.0,
         help="DIN_MAX_QUEUE_MS; 0 (default here) turns admission control off, so the runs measure "
-        "capacity: 16 back-to-back clients queue past the service's default 20 ms budget",
+        "capacity: 16 back-to-back clients queue past the service's default 10 ms budget",
     )
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)

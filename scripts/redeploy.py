@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from model.bundle import BundleError, load_bundle
+from model.bundle import BundleError, load_bundle, session_options
 from model.data import load_tables
 from model.export import export_bundle
 from model.gate import evaluate_bundle, gauc_gate
@@ -38,6 +38,9 @@ class DeployError(Exception):
 
 
 STARTED = time.monotonic()
+# The gate scores whole test sets, usually on the machine that serves: one onnxruntime thread (no
+# spinning thread pool) at the script's low priority leaves the serving cores to the service.
+GATE_SESSION = session_options(1)
 
 
 def step(n: int | str, message: str) -> None:
@@ -132,7 +135,7 @@ def train_and_export(a: argparse.Namespace, train_argv: list[str]) -> tuple[Path
 def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) -> str:
     staged, tc = train_and_export(a, train_argv)
     try:
-        candidate = load_bundle(staged)
+        candidate = load_bundle(staged, GATE_SESSION)
     except BundleError as e:
         raise DeployError(f"gate: the new bundle does not load: {e}") from e
     version = candidate.version
@@ -144,7 +147,7 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) 
     serving_version, serving = repo.current(), None
     if serving_version is not None:
         try:
-            serving = evaluate_bundle(load_bundle(repo.path(serving_version)), test)
+            serving = evaluate_bundle(load_bundle(repo.path(serving_version), GATE_SESSION), test)
         except BundleError as e:  # a broken serving version must not block its replacement
             print(f"      the serving version cannot be scored, so nothing to compare against: {e}")
     gate = gauc_gate(evaluate_bundle(candidate, test), serving, a.gauc_margin)

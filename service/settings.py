@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     inference_threads: int = Field(1, ge=1)  # runs in flight at once, off the event loop (see README)
     microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
     microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
-    max_queue_ms: float = Field(20, ge=0)  # 503 a /score request expected to wait longer; 0 = never
+    max_queue_ms: float = Field(10, ge=0)  # 503 a /score request expected to wait longer; 0 = never
     max_in_flight: int = Field(64, ge=1)  # hard cap on /score requests in flight per process
     deadline_ms: float = Field(0, ge=0)  # drop a /score request not started within this; 0 = none
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
