@@ -36,7 +36,7 @@ def test_sigterm_turns_readiness_off_first_finishes_requests_and_closes_cleanly(
         "DIN_REDIS_URL": REDIS_URL,
         "DIN_KEY_PREFIX": prefix,
         "DIN_SHUTDOWN_DRAIN_SECONDS": "1.5",
-        "DIN_MAX_IN_FLIGHT": "64",
+        "DIN_MAX_QUEUE_MS": "0",  # 4 back-to-back clients: admission control must not shed them here
     }
     cmd = [sys.executable, *SERVE_COMMAND[1:], "--port", str(port), "--log-level", "info"]
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
