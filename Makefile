@@ -35,10 +35,11 @@ reliability: install
 	$(BIN)/python scripts/reliability.py all --readme README.md
 
 bench-train: install
-	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md
+	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --datasets amazon-sports movielens-100k \
+		--out runs/bench_train --readme README.md
 
 bench-model: install
-	$(BIN)/python scripts/bench_model.py --run runs/bench_train/amazon-sports/DIN_Dice_MBA --tune \
+	$(BIN)/python scripts/bench_model.py --run runs/bench_train/amazon-sports/DIN_default --tune \
 		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme README.md
 
 bench-service: install

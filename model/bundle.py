@@ -78,6 +78,8 @@ def session_options(intra_threads: int = 0, inter_threads: int = 1) -> ort.Sessi
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = inter_threads
+    # Idle pool threads would otherwise spin between runs, on the cores the event loop needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -11,10 +11,11 @@ Here the first attention layer is split exactly:
 
 so the behaviour term is computed once per behaviour, the candidate term once per candidate, and
 only W_p·(e⊙v) and the later (narrow) layers run per pair: a quarter of the first layer's work.
-(Regrouping the behaviour and pair terms as e·(W_e + W_d + diag(v)·W_p) was measured slower at
-L = 50, because building one FD×H1 matrix per candidate costs more than it saves.) Dice is frozen
-into its eval-mode form. The history is an input once per request and is gathered per candidate
-inside the graph, never tiled by the caller.
+(Regrouping the behaviour and pair terms as e·(W_e + W_d + diag(v)·W_p), per candidate as a batched
+MatMul or for all candidates as one [L, FD] x [FD, N·H1] Gemm, was measured no faster at L = 50:
+building one FD×H1 matrix per candidate costs what it saves.) Dice and PReLU are frozen into
+eval-mode forms that onnxruntime runs fast. The history is an input once per request and is
+gathered per candidate inside the graph, never tiled by the caller.
 """
 
 from __future__ import annotations
@@ -67,9 +68,41 @@ class FrozenDice(nn.Module):
         return s * F.batch_norm(p, self.zero, self.one, self.beta, self.alpha, training=False, eps=0.0)
 
 
+class FrozenPReLU(nn.Module):
+    """PReLU on [rows, H] as max(x, a·x) (exact for slopes a ≤ 1; min(x, a·x) for a > 1), with a·x
+    as an inference BatchNormalization. onnxruntime's own PRelu broadcasts its per-unit slope and was
+    measured 2x slower than the whole of Dice; this form is faster than Dice."""
+
+    slope: Tensor
+    zero: Tensor
+    one: Tensor
+    above_one: Tensor
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        slope = prelu.weight.detach().clone()
+        self.register_buffer("slope", slope)
+        self.register_buffer("zero", torch.zeros_like(slope))
+        self.register_buffer("one", torch.ones_like(slope))
+        self.register_buffer("above_one", slope > 1)
+        self.any_above_one = bool(self.above_one.any())
+
+    def forward(self, x: Tensor) -> Tensor:
+        scaled = F.batch_norm(x, self.zero, self.one, self.slope, None, training=False, eps=0.0)
+        if not self.any_above_one:  # decided once at export: the usual case is one Max
+            return torch.maximum(x, scaled)
+        return torch.where(self.above_one, torch.minimum(x, scaled), torch.maximum(x, scaled))
+
+
 def frozen(mlp: MLP) -> nn.Sequential:
-    """The MLP for [rows, H] inputs with Dice in its eval-mode form."""
-    return nn.Sequential(*(FrozenDice(m) if isinstance(m, Dice) else m for m in mlp))
+    """The MLP for [rows, H] inputs with its activations in a fast eval-mode form."""
+
+    def fast(m: nn.Module) -> nn.Module:
+        if isinstance(m, Dice):
+            return FrozenDice(m)
+        return FrozenPReLU(m) if isinstance(m, nn.PReLU) else m
+
+    return nn.Sequential(*(fast(m) for m in mlp))
 
 
 class ServingGraph(nn.Module):

@@ -1,6 +1,6 @@
 """HTTP benchmark of the real service (uvicorn) on real Redis, driven by wrk on loopback.
 
-    python scripts/bench_service.py --run runs/bench_train/amazon-sports/DIN_Dice_MBA \\
+    python scripts/bench_service.py --run runs/bench_train/amazon-sports/DIN_default \\
         --json runs/bench_service.json --png runs/bench_service.png --readme README.md
     python scripts/bench_service.py --quick     # N = 200 at concurrency 1 and 16 only
 
@@ -122,7 +122,7 @@ def model_floor(bundle_dir: Path, history: list[dict], candidates: list[dict], r
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, default=ROOT / "runs/bench_train/amazon-sports/DIN_Dice_MBA")
+    p.add_argument("--run", type=Path, default=ROOT / "runs/bench_train/amazon-sports/DIN_default")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/amazon-sports")
     p.add_argument("--seconds", type=int, default=15, help="per wrk run")
     p.add_argument("--quick", action="store_true")

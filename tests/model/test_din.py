@@ -160,3 +160,19 @@ def test_invalid_choices_are_rejected_with_their_name(space: FeatureSpace):
         build_model(DINConfig(activation="relu"), space)
     with pytest.raises(ValueError, match="model"):
         build_model(DINConfig(model="dien"), space)
+
+
+def test_each_mlp_gets_its_own_activation_and_the_final_one_a_batchnorm_input(space: FeatureSpace):
+    model = build_model(DINConfig(activation="dice", attention_activation="prelu"), space)
+    assert any(isinstance(m, torch.nn.PReLU) for m in model.attention)
+    assert not any(isinstance(m, Dice) for m in model.attention)
+    assert isinstance(model.mlp[0], torch.nn.BatchNorm1d) and any(isinstance(m, Dice) for m in model.mlp)
+    plain = build_model(DINConfig(input_norm=False), space)
+    assert isinstance(plain.mlp[0], torch.nn.Linear)
+
+
+def test_a_config_saved_before_per_mlp_activations_reloads_as_it_was_trained():
+    old = DINConfig().to_dict()
+    del old["attention_activation"], old["input_norm"]
+    cfg = DINConfig.from_dict(old | {"activation": "dice"})
+    assert cfg.attention_activation == "dice" and cfg.input_norm is False

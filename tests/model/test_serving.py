@@ -14,31 +14,46 @@ from tests.model.conftest import make_space, random_batch
 
 MAX_HISTORY = 100
 VARIANTS = {
-    "din-dice": DINConfig(),
+    "din-default": DINConfig(),  # Dice in the final MLP, PReLU in the activation unit, input BatchNorm
+    "din-dice": DINConfig(attention_activation="dice", input_norm=False),
     "din-prelu-softmax": DINConfig(activation="prelu", attention_softmax=True),
     "base-mean": DINConfig(model="base", base_pooling="mean"),
 }
+# PReLU slopes drawn from this range: the default's stay at most 1 (the single-Max form of
+# FrozenPReLU); the softmax variant's go above 1, where the exported form switches to min(x, a·x).
+SLOPES = {"din-prelu-softmax": (-0.5, 2.0)}
 
 
-def trained_like(cfg: DINConfig, space: FeatureSpace):
-    """Embeddings as spread as trained ones, and Dice statistics moved off their initial values."""
+def trained_like(cfg: DINConfig, space: FeatureSpace, slopes: tuple[float, float] = (-0.5, 1.0)):
+    """Embeddings as spread as trained ones, PReLU slopes in ``slopes``, and Dice and BatchNorm
+    statistics moved off their initial values."""
     torch.manual_seed(0)
     model = build_model(cfg, space)
     with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(*slopes)
         for name in model.embeddings:
             model.table(name).weight[1:].normal_(0, 0.5)
         model.attention[-1].weight.mul_(10)  # type: ignore[operator]
-        model.mlp[-1].weight.mul_(40)  # type: ignore[operator]  # logits of order 1, not 0.01
     model.train()
-    for seed in range(3):
-        model(random_batch(space, 64, 20, seed=seed))
-    return model.eval()
+    for seed in range(3):  # histories of every length the parity cases use
+        model(random_batch(space, 64, MAX_HISTORY, seed=seed))
+    model.eval()
+    with torch.no_grad():  # logits centred on 0 with a std of 2, like a trained model's
+        last = model.mlp[-1]
+        assert isinstance(last, torch.nn.Linear)
+        last.bias.zero_()
+        logits = model(random_batch(space, 256, MAX_HISTORY, seed=7))
+        last.weight.mul_(2 / logits.std())
+        last.bias.fill_(float(-logits.mean() * 2 / logits.std()))
+    return model
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def exported(request, tmp_path_factory):
     space = make_space()
-    model = trained_like(VARIANTS[request.param], space)
+    model = trained_like(VARIANTS[request.param], space, SLOPES.get(request.param, (-0.5, 1.0)))
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(model, path)
     return model, ort.InferenceSession(str(path))
