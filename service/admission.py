@@ -51,16 +51,17 @@ class StandingQueue:
 
     def refuse(self, wait: float, now: float) -> bool:
         over, calm = wait > self.budget, wait <= self.budget / 2
-        if not over:
-            self._over_since = None
-        elif self._over_since is None:
-            self._over_since = now
-        if not calm:
-            self._calm_since = None
-        elif self._calm_since is None:
-            self._calm_since = now
+        self._over_since = _held_since(over, self._over_since, now)
+        self._calm_since = _held_since(calm, self._calm_since, now)
         if self._over_since is not None and now - self._over_since >= self.interval:
             self.shedding = True
         if self._calm_since is not None and now - self._calm_since >= self.interval:
             self.shedding = False
         return wait > self.ceiling or (self.shedding and over)
+
+
+def _held_since(condition: bool, since: float | None, now: float) -> float | None:
+    """When ``condition`` started to hold without a break (None while it does not hold)."""
+    if not condition:
+        return None
+    return now if since is None else since
