@@ -55,11 +55,27 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def percentiles(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    times = sorted(_time(fn) * 1e3 for _ in range(runs))
+def percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
     return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], runs: dict[str, int], blocks: int = 10
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, timed in turns: this machine's speed drifts within
+    seconds, and timing one variant after the other would charge the drift to their ratio."""
+    for name, fn in fns.items():
+        for _ in range(max(10, runs[name] // 10)):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            time.sleep(0.02)  # lets the previous variant's spinning pool threads go idle
+            for _ in range(3):  # caches and thread pools, after the other variants ran
+                fn()
+            times[name] += [_time(fn) * 1e3 for _ in range(-(-runs[name] // blocks))]
+    return times
 
 
 def macs(cfg: DINConfig, fd: int, other: int, n: int, length: int, variant: str) -> int:
@@ -67,7 +83,8 @@ def macs(cfg: DINConfig, fd: int, other: int, n: int, length: int, variant: str)
     h = cfg.attention_hidden
     rest = sum(a * b for a, b in itertools.pairwise((*h, 1)))  # layers after the first, per pair
     if variant == "serving_graph":
-        first = length * fd * h[0] + n * fd * h[0] + n * length * (fd + fd * h[0])  # split layer
+        # one FD×H1 matrix and the candidate term per candidate, then one Gemm over all pairs
+        first = 2 * n * fd * h[0] + n * length * fd * h[0]
     else:
         first = n * length * 4 * fd * h[0]  # [e, v, e−v, e⊙v] for every pair
     dims = (2 * fd + other, *cfg.mlp_hidden, 1)
@@ -132,9 +149,12 @@ def bench(
                 "onnx_tiled": functools.partial(tiled.run, ["ctr"], feeds_tiled),
                 "serving_graph": functools.partial(serving.run, ["ctr"], feeds_serving),
             }
-            for name, fn in variants.items():
-                r = runs if name == "serving_graph" or n * length <= 20_000 else max(200, runs // 5)
-                p50, p99 = percentiles(fn, r, warmup=max(10, r // 10))
+            counts = {
+                name: runs if name == "serving_graph" or n * length <= 20_000 else max(200, runs // 5)
+                for name in variants
+            }
+            for name, times in interleaved(variants, counts).items():
+                p50, p99 = percentiles(times)
                 m = macs(model.cfg, fd, other, n, length, name)
                 rows.append(
                     {
@@ -174,7 +194,8 @@ def tune(model: DIN, workdir: Path, runs: int) -> list[dict]:
                 opts = session_options(t)
                 opts.graph_optimization_level = level
                 sess = ort.InferenceSession(str(path), opts)
-                p50, p99 = percentiles(functools.partial(sess.run, ["ctr"], feeds), runs, warmup=20)
+                run = functools.partial(sess.run, ["ctr"], feeds)
+                p50, p99 = percentiles(interleaved({"serving": run}, {"serving": runs})["serving"])
                 out.append(
                     {"opset": opset, "opt_level": level_name, "threads": t, "p50_ms": p50, "p99_ms": p99}
                 )

@@ -19,7 +19,8 @@ def test_macs_counts_the_split_first_layer_as_a_quarter_of_the_tiled_one():
     # tiled: every pair runs 4·FD -> 32 -> 16 -> 1, plus pooling; the MLP runs once per candidate
     mlp = n * (128 * 200 + 200 * 80 + 80)
     tiled = n * length * (4 * fd * 32 + 32 * 16 + 16 + fd) + mlp
-    serving = length * fd * 32 + n * fd * 32 + n * length * (fd + fd * 32 + 32 * 16 + 16 + fd) + mlp
+    # serving: one FD×32 matrix and one candidate term per candidate, then FD -> 32 -> 16 -> 1 per pair
+    serving = 2 * n * fd * 32 + n * length * (fd * 32 + 32 * 16 + 16 + fd) + mlp
     assert macs(cfg, fd, 0, n, length, "onnx_tiled") == tiled
     assert macs(cfg, fd, 0, n, length, "serving_graph") == serving
 
