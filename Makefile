@@ -38,8 +38,10 @@ bench-train: install
 	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --datasets amazon-sports movielens-100k \
 		--out runs/bench_train --readme README.md
 
+# RUN: any run trained with the default settings (make bench-train writes this one).
+RUN ?= runs/bench_train/amazon-sports/DIN_default
 bench-model: install
-	$(BIN)/python scripts/bench_model.py --run runs/bench_train/amazon-sports/DIN_default --tune \
+	$(BIN)/python scripts/bench_model.py --run $(RUN) --tune \
 		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme README.md
 
 bench-service: install
