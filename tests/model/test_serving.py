@@ -78,22 +78,45 @@ def test_onnx_scores_and_attention_equal_torch_within_1e_5(exported, case):
         assert ctr.std() > 0.05  # scores spread like a trained model's, so the comparison means something
 
 
-def test_padding_slots_get_zero_attention_and_do_not_change_scores(exported):
+@pytest.mark.parametrize(("lengths", "n_per_request"), [([3, 0], [4, 2]), ([3], [6])], ids=["R=2", "R=1"])
+def test_padding_slots_get_zero_attention_and_do_not_change_scores(exported, lengths, n_per_request):
     model, session = exported
-    narrow = random_inputs(model.space, [3, 0], [4, 2], 3, seed=9)
+    narrow = random_inputs(model.space, lengths, n_per_request, 3, seed=9)
     wide = narrow._replace(history=torch.nn.functional.pad(narrow.history, (0, 0, 0, 40)))
     ctr_n, _ = run(session, narrow)
     ctr_w, att_w = run(session, wide)
     np.testing.assert_allclose(ctr_n, ctr_w, atol=1e-6, rtol=0)
-    assert (att_w[:, 3:] == 0).all() and (att_w[4:] == 0).all()  # request 1 has no history
+    assert (att_w[:, 3:] == 0).all()
+    assert (att_w[n_per_request[0] :] == 0).all()  # request 1, if any, has no history
 
 
-def test_split_first_layer_equals_the_concatenated_layer_in_torch():
+@pytest.mark.parametrize(
+    ("lengths", "n_per_request"), [([5, 9, 0], [7, 3, 2]), ([9], [12])], ids=["R=3", "R=1"]
+)
+def test_split_first_layer_equals_the_concatenated_layer_in_torch(lengths, n_per_request):
     space = make_space()
     model = trained_like(DINConfig(), space)
-    x = random_inputs(space, [5, 9, 0], [7, 3, 2], 9, seed=3)
+    x = random_inputs(space, lengths, n_per_request, 9, seed=3)
     with torch.inference_mode():
         ctr, attention = ServingGraph(model)(*x)
     ref_ctr, ref_attention = reference(model, x)
     np.testing.assert_allclose(ctr.numpy(), ref_ctr, atol=1e-6, rtol=0)
     np.testing.assert_allclose(attention.numpy(), ref_attention, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["din-default", "din-dice", "din-prelu-softmax"])
+def test_single_request_branch_equals_the_gather_branch(variant):
+    """One request can go either way; the one-Gemm branch must give the gather branch's numbers."""
+    space = make_space()
+    model = trained_like(VARIANTS[variant], space, SLOPES.get(variant, (-0.5, 1.0)))
+    graph = ServingGraph(model)
+    x = random_inputs(space, [37], [50], MAX_HISTORY, seed=11, oov_share=0.2)
+    with torch.inference_mode():
+        e = model.embed_fields(x.history, space.schema.behavior)
+        v = model.embed_fields(x.candidate, space.schema.behavior)
+        mask = torch.arange(MAX_HISTORY).unsqueeze(0) < x.history_len.unsqueeze(1)
+        one = graph.attend_one(e, v, mask, x.request_index)
+        many = graph.attend_many(e, v, mask, x.request_index)
+    for got, want in zip(one, many, strict=True):  # the same sums in another order: float32 round-off
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-6)
+    assert (one[1][:, 37:] == 0).all() and one[1][:, :37].abs().sum() > 0
