@@ -45,7 +45,7 @@ bench-model: install
 		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme README.md
 
 bench-service: install
-	$(BIN)/python scripts/bench_service.py --json runs/bench_service.json --png runs/bench_service.png \
+	$(BIN)/python scripts/bench_service.py --run $(RUN) --json runs/bench_service.json --png runs/bench_service.png \
 		--readme README.md
 
 clean:

@@ -116,6 +116,7 @@ def parity_cases(space: FeatureSpace, max_history: int) -> dict[str, ServingInpu
         "R=1, N=1, L=0 (new user)": random_inputs(space, [0], [1], 0, seed=1),
         "R=1, N=1000, ragged up to max_history": random_inputs(space, [m], [1000], m, seed=2),
         "R=1, N=200, L=5 padded to max_history": random_inputs(space, [5], [200], m, seed=3),
+        "R=1, N=20, fewer candidates than history slots": random_inputs(space, [m - 7], [20], m, seed=6),
         "R=8, ragged incl. 0 and max_history": random_inputs(
             space, [0, 1, 2, m // 2, m, 3, m - 1, 7], [1, 3, 50, 20, 2, 1, 9, 14], m, seed=4
         ),

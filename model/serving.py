@@ -14,15 +14,24 @@ layers run per pair: a quarter of the first layer's work. The history is an inpu
 and is never tiled by the caller. Dice and PReLU are frozen into eval-mode forms that onnxruntime
 runs fast.
 
-One request (R = 1, the common case) takes a faster path. The behaviour and pair terms regroup as
-e·M_n with M_n = (W_e + W_d) + diag(v_n)·W_p, one FD×H1 matrix per candidate, so the first layer
-over all pairs is a single [N·H1, FD] x [FD, L] Gemm: no per-pair elementwise product and no
-per-candidate copy of the history. M is built with candidates innermost ([FD, H1, N]), where the
-broadcast runs over long rows, and the pairs stay laid out as [H, N·L], so every later layer is one
-plain Gemm and the weights come out as [N, L]. At N = 200, L = 50 this path takes 0.61× (1 thread)
-and 0.67× (2 threads) the time of the gather-based path that R > 1 uses (interleaved medians).
-With R > 1 the same Gemm would score every candidate against every request's history, so there
-the history is gathered per candidate instead.
+One request (R = 1, the common case) takes a faster path: the first layer over all N·L pairs
+becomes a single Gemm, with no per-pair elementwise product and no per-candidate copy of the
+history. Unit h of the first layer on pair (n, l) is
+
+    e_l·(W_e + W_d)_h + v_n·(W_v − W_d)_h + b_h + Σ_k e_lk·v_nk·W_p,hk
+
+which is bilinear in (e_l, v_n), so it regroups around whichever side is shorter:
+
+- N ≥ L (by history): Q_hl = diag(e_l)·W_p,h + (W_v − W_d)_h is one FD-row per (unit, behaviour),
+  and [H1·L, FD] x [FD, N] gives every pair, with the behaviour term and bias as the Gemm's C.
+- N < L (by candidate): M_hn = (W_e + W_d)_h + diag(v_n)·W_p,h is one FD-row per (unit, candidate),
+  and [H1·N, FD] x [FD, L] gives every pair, with the candidate term and bias as the Gemm's C.
+
+Only the side that is built ([H1, L or N, FD]) costs elementwise work, so building on the shorter
+side keeps it small (at N = 200, L = 50: 0.84x the time of always building per candidate; at
+N = 1000, 0.76x; half the time of the gather path). Units stay on dim 1 ([1, H, pairs]), so every
+later layer is one plain Gemm. With R > 1 the same Gemm would score every candidate against every
+request's history, so there the history is gathered per candidate instead.
 """
 
 from __future__ import annotations
@@ -104,14 +113,34 @@ class FrozenPReLU(nn.Module):
 
 def frozen(mlp: MLP) -> nn.Sequential:
     """The MLP for [rows, H] inputs with its activations in a fast eval-mode form (which also take
-    [1, H, rows]: units on dim 1, as BatchNormalization wants them)."""
+    [1, H, rows]: units on dim 1, as BatchNormalization wants them), and an input BatchNorm folded
+    into the first Linear."""
+    layers = list(mlp)
+    if isinstance(layers[0], nn.BatchNorm1d):
+        norm, first = layers.pop(0), layers.pop(0)
+        assert isinstance(norm, nn.BatchNorm1d) and isinstance(first, nn.Linear)
+        layers.insert(0, fold_norm_into_linear(norm, first))
 
     def fast(m: nn.Module) -> nn.Module:
         if isinstance(m, Dice):
             return FrozenDice(m)
         return FrozenPReLU(m) if isinstance(m, nn.PReLU) else m
 
-    return nn.Sequential(*(fast(m) for m in mlp))
+    return nn.Sequential(*(fast(m) for m in layers))
+
+
+def fold_norm_into_linear(norm: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
+    """W·(g⊙x + c) + b = (W·diag(g))·x + (W·c + b), with eval-mode BatchNorm as g⊙x + c."""
+    assert norm.running_mean is not None and norm.running_var is not None
+    g = torch.rsqrt(norm.running_var + norm.eps)
+    c = -norm.running_mean * g
+    if norm.affine:
+        g, c = g * norm.weight.detach(), c * norm.weight.detach() + norm.bias.detach()
+    folded = nn.Linear(linear.in_features, linear.out_features)
+    with torch.no_grad():
+        folded.weight.copy_(linear.weight * g)
+        folded.bias.copy_(linear.bias + linear.weight @ c)
+    return folded.eval()
 
 
 class ServingGraph(nn.Module):
@@ -119,6 +148,8 @@ class ServingGraph(nn.Module):
     w_candidate: Tensor
     w_pair: Tensor
     b_first: Tensor
+    candidate_by_unit: Tensor
+    pair_by_unit: Tensor
 
     def __init__(self, model: DIN):
         super().__init__()
@@ -132,6 +163,8 @@ class ServingGraph(nn.Module):
         self.register_buffer("w_candidate", (w_v - w_d).T.contiguous())  # [FD, H1]
         self.register_buffer("w_pair", w_p.T.contiguous())  # [FD, H1]
         self.register_buffer("b_first", first.bias.detach().clone())  # [H1]
+        self.register_buffer("candidate_by_unit", (w_v - w_d).contiguous())  # [H1, FD]
+        self.register_buffer("pair_by_unit", w_p.contiguous())  # [H1, FD]
         self.attention_rest = frozen(model.attention)[1:]  # activation, then the narrow layers
         self.mlp = frozen(model.mlp)
 
@@ -178,18 +211,40 @@ class ServingGraph(nn.Module):
 
     def attend_one(self, e: Tensor, v: Tensor, mask: Tensor, request_index: Tensor) -> tuple[Tensor, Tensor]:
         """R = 1: the first layer over all N·L pairs as one Gemm (see the module docstring)."""
+        by_history = v.shape[0] >= e.shape[1]
+        return torch.cond(by_history, self.attend_by_history, self.attend_by_candidate, (e, v, mask))
+
+    def attend_by_history(self, e: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """N ≥ L: one FD-row per (unit, behaviour), against every candidate."""
         history = e[0]  # [L, FD]
-        n, h1 = v.shape[0], self.b_first.shape[0]
+        (length, _), n, h1 = history.shape, v.shape[0], self.b_first.shape[0]
+        q = self.pair_by_unit.unsqueeze(1) * history.unsqueeze(0)  # [H1, L, FD]
+        q = q + self.candidate_by_unit.unsqueeze(1)  # q_hl · v_n = pair + candidate terms of unit h
+        behavior_term = (history @ self.w_behavior + self.b_first).t().reshape(-1, 1)  # [H1·L, 1]
+        h = torch.addmm(behavior_term, q.view(h1 * length, -1), v.t())  # [H1·L, N]
+        score = self.later_layers(h.view(1, h1, length * n)).view(length, n)  # [L, N]
+        weight = self.masked(score, mask[0].unsqueeze(1), dim=0).t().contiguous()  # [N, L]
+        return weight @ history, weight
+
+    def attend_by_candidate(self, e: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """N < L: one FD-row per (unit, candidate), against every behaviour."""
+        history = e[0]  # [L, FD]
+        (length, _), n, h1 = history.shape, v.shape[0], self.b_first.shape[0]
         m = self.w_behavior.unsqueeze(2) + self.w_pair.unsqueeze(2) * v.t().unsqueeze(1)  # [FD, H1, N]
         candidate_term = (v @ self.w_candidate + self.b_first).t().reshape(-1, 1)  # [H1·N, 1]
-        h = torch.addmm(candidate_term, m.flatten(1).t(), history.t()).view(1, h1, -1)  # [1, H1, N·L]
+        h = torch.addmm(candidate_term, m.flatten(1).t(), history.t())  # [H1·N, L]
+        score = self.later_layers(h.view(1, h1, n * length)).view(n, length)  # [N, L]
+        weight = self.masked(score, mask[0], dim=1)
+        return weight @ history, weight
+
+    def later_layers(self, h: Tensor) -> Tensor:
+        """The activation unit after its first layer, on [1, H, pairs] (units first): [1, 1, pairs]."""
         for layer in self.attention_rest.children():
-            if isinstance(layer, nn.Linear):  # units first: W [H', H] @ h [H, N·L]
+            if isinstance(layer, nn.Linear):  # W [H', H] @ h [H, pairs]
                 h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h.squeeze(0)).unsqueeze(0)
             else:
                 h = layer(h)
-        weight = self.masked(h.view(n, -1), mask[0])  # [N, L]
-        return weight @ history, weight
+        return h
 
     def attend_many(self, e: Tensor, v: Tensor, mask: Tensor, request_index: Tensor) -> tuple[Tensor, Tensor]:
         """Any R: each candidate's history gathered inside the graph; the pair term per pair."""
@@ -199,11 +254,13 @@ class ServingGraph(nn.Module):
         # The only per-pair product, 2-D so onnxruntime fuses it and the add into one Gemm.
         pair = (e_per_candidate * v.unsqueeze(1)).flatten(0, 1) @ self.w_pair  # [N·L, H1]
         h = (behavior_term + candidate_term).flatten(0, 1) + pair
-        weight = self.masked(self.attention_rest(h).view(v.shape[0], -1), mask[request_index])  # [N, L]
+        score = self.attention_rest(h).view(v.shape[0], -1)  # [N, L]
+        weight = self.masked(score, mask[request_index], dim=1)
         return (weight.unsqueeze(1) @ e_per_candidate).squeeze(1), weight
 
-    def masked(self, score: Tensor, mask: Tensor) -> Tensor:
-        """Attention weights [N, L] from raw scores: 0 on padding, softmax over real slots if configured."""
+    def masked(self, score: Tensor, mask: Tensor, dim: int) -> Tensor:
+        """Attention weights from raw scores: 0 on padding, softmax over the real slots along ``dim``
+        if configured."""
         if self.cfg.attention_softmax:
-            score = torch.softmax(torch.where(mask, score, torch.full_like(score, -1e30)), dim=-1)
+            score = torch.softmax(torch.where(mask, score, torch.full_like(score, -1e30)), dim=dim)
         return torch.where(mask, score, torch.zeros_like(score))

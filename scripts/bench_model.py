@@ -6,8 +6,9 @@
 (a) torch_eager:   the training graph in torch, every candidate a sample with a tiled history,
                    as DeepCTR-Torch-style code scores;
 (b) onnx_tiled:    a plain torch.onnx.export of that training graph, fed the same tiled inputs;
-(c) serving_graph: our export (model/serving.py), the history once per request.
-All three use the same trained weights and run in this process, with the same thread count.
+(c) serving_graph: our export (model/serving.py), the history once per request, with the service's
+                   onnxruntime thread setup (one intra-op thread, the second core free).
+All three use the same trained weights and run in this process, within the same thread budget.
 Without --run, a default-size DIN is trained for one epoch on the synthetic generator (weights do
 not change latency; sizes do). Also measures this machine's sgemm peak with a 2048³ matmul.
 """
@@ -37,6 +38,13 @@ from model.din import DIN, Batch, Checkpoint, DINConfig
 from model.export import export_onnx, random_inputs, tile
 from model.serving import ServingInputs
 from model.train import TrainConfig, run
+from service.settings import Settings
+
+# The serving graph runs as the service runs it: this many onnxruntime threads per run (at most the
+# budget), the rest of the cores left to other requests. One beats two at every size measured here,
+# because a run is ~30 small ops and waking the second thread for each costs more than it saves
+# (--tune shows both).
+SERVICE_ORT_THREADS = Settings.model_fields["ort_intra_threads"].default
 
 GRID_N, GRID_L = (20, 200, 1000), (20, 50, 100)
 
@@ -83,8 +91,8 @@ def macs(cfg: DINConfig, fd: int, other: int, n: int, length: int, variant: str)
     h = cfg.attention_hidden
     rest = sum(a * b for a, b in itertools.pairwise((*h, 1)))  # layers after the first, per pair
     if variant == "serving_graph":
-        # one FD×H1 matrix and the candidate term per candidate, then one Gemm over all pairs
-        first = 2 * n * fd * h[0] + n * length * fd * h[0]
+        # FD×H1 rows and a bias term for the shorter side (candidates or behaviours), then one Gemm
+        first = 2 * min(n, length) * fd * h[0] + n * length * fd * h[0]
     else:
         first = n * length * 4 * fd * h[0]  # [e, v, e−v, e⊙v] for every pair
     dims = (2 * fd + other, *cfg.mlp_hidden, 1)
@@ -132,7 +140,8 @@ def bench(
     rows = []
     for t in threads:
         torch.set_num_threads(t)
-        serving = ort.InferenceSession(str(workdir / "serving.onnx"), session_options(t))
+        serving_threads = min(t, SERVICE_ORT_THREADS)
+        serving = ort.InferenceSession(str(workdir / "serving.onnx"), session_options(serving_threads))
         tiled = ort.InferenceSession(str(workdir / "tiled.onnx"), session_options(t))
         for n, length in grid:
             x: ServingInputs = random_inputs(model.space, [length], [n], length, seed=n + length)
@@ -162,6 +171,7 @@ def bench(
                         "n": n,
                         "l": length,
                         "threads": t,
+                        "ort_threads": serving_threads if name == "serving_graph" else t,
                         "p50_ms": p50,
                         "p99_ms": p99,
                         "macs": m,
@@ -208,7 +218,8 @@ def tune(model: DIN, workdir: Path, runs: int) -> list[dict]:
 
 def table(rows: list[dict], sgemm: float) -> str:
     lines = [
-        "| N | L | threads | torch eager, tiled (p50 / p99 ms) | ONNX export, tiled | serving graph | "
+        "| N | L | threads | torch eager, tiled (p50 / p99 ms) | ONNX export, tiled | "
+        f"serving graph ({SERVICE_ORT_THREADS} onnxruntime thread per run) | "
         "speed-up vs eager / vs ONNX | serving MMAC | serving GFLOP/s (% of sgemm peak) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

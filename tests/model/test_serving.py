@@ -105,8 +105,9 @@ def test_split_first_layer_equals_the_concatenated_layer_in_torch(lengths, n_per
 
 
 @pytest.mark.parametrize("variant", ["din-default", "din-dice", "din-prelu-softmax"])
-def test_single_request_branch_equals_the_gather_branch(variant):
-    """One request can go either way; the one-Gemm branch must give the gather branch's numbers."""
+def test_both_single_request_forms_equal_the_gather_branch(variant):
+    """One request can take any of the three forms; the one-Gemm forms (built per behaviour or per
+    candidate) must give the gather form's numbers."""
     space = make_space()
     model = trained_like(VARIANTS[variant], space, SLOPES.get(variant, (-0.5, 1.0)))
     graph = ServingGraph(model)
@@ -115,8 +116,8 @@ def test_single_request_branch_equals_the_gather_branch(variant):
         e = model.embed_fields(x.history, space.schema.behavior)
         v = model.embed_fields(x.candidate, space.schema.behavior)
         mask = torch.arange(MAX_HISTORY).unsqueeze(0) < x.history_len.unsqueeze(1)
-        one = graph.attend_one(e, v, mask, x.request_index)
         many = graph.attend_many(e, v, mask, x.request_index)
-    for got, want in zip(one, many, strict=True):  # the same sums in another order: float32 round-off
-        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-6)
-    assert (one[1][:, 37:] == 0).all() and one[1][:, :37].abs().sum() > 0
+        for one in (graph.attend_by_history(e, v, mask), graph.attend_by_candidate(e, v, mask)):
+            for got, want in zip(one, many, strict=True):  # the same sums in another order
+                np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-6)
+            assert (one[1][:, 37:] == 0).all() and one[1][:, :37].abs().sum() > 0

@@ -11,16 +11,18 @@ from model.train import TrainConfig, run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_macs_counts_the_split_first_layer_as_a_quarter_of_the_tiled_one():
+@pytest.mark.parametrize(("n", "length", "shorter"), [(200, 50, 50), (20, 100, 20)])
+def test_macs_counts_the_split_first_layer_as_a_quarter_of_the_tiled_one(n, length, shorter):
     from bench_model import macs
 
     cfg = DINConfig(attention_hidden=(32, 16), mlp_hidden=(200, 80))
-    n, length, fd = 200, 50, 64
+    fd = 64
     # tiled: every pair runs 4·FD -> 32 -> 16 -> 1, plus pooling; the MLP runs once per candidate
     mlp = n * (128 * 200 + 200 * 80 + 80)
     tiled = n * length * (4 * fd * 32 + 32 * 16 + 16 + fd) + mlp
-    # serving: one FD×32 matrix and one candidate term per candidate, then FD -> 32 -> 16 -> 1 per pair
-    serving = 2 * n * fd * 32 + n * length * (fd * 32 + 32 * 16 + 16 + fd) + mlp
+    # serving: FD×32 rows and a bias term for each of the shorter side's items, then FD -> 32 -> 16
+    # -> 1 per pair
+    serving = 2 * shorter * fd * 32 + n * length * (fd * 32 + 32 * 16 + 16 + fd) + mlp
     assert macs(cfg, fd, 0, n, length, "onnx_tiled") == tiled
     assert macs(cfg, fd, 0, n, length, "serving_graph") == serving
 
