@@ -9,7 +9,7 @@ from model.bundle import INPUTS, OUTPUTS
 from model.din import DINConfig, build_model
 from model.export import export_onnx, parity_cases, random_inputs, reference
 from model.schema import FeatureSpace
-from model.serving import ServingGraph
+from model.serving import ServingGraph, fold_norm_into_linear
 from tests.model.conftest import make_space, random_batch
 
 MAX_HISTORY = 100
@@ -121,3 +121,22 @@ def test_both_single_request_forms_equal_the_gather_branch(variant):
             for got, want in zip(one, many, strict=True):  # the same sums in another order
                 np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-6)
             assert (one[1][:, 37:] == 0).all() and one[1][:, :37].abs().sum() > 0
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_input_norm_folded_into_the_first_linear_gives_the_same_outputs(affine):
+    torch.manual_seed(0)
+    norm, linear = torch.nn.BatchNorm1d(6, affine=affine), torch.nn.Linear(6, 4)
+    norm.train()
+    norm(torch.randn(64, 6) * 3 + 2)  # running statistics away from 0 and 1
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.uniform_(-1, 1)
+    norm.eval()
+    x = torch.randn(32, 6) * 3 + 2
+    with torch.no_grad():
+        want = linear(norm(x))
+        got = fold_norm_into_linear(norm, linear)(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, linear(x), atol=1e-2)  # the norm does change the output
