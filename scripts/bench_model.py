@@ -41,9 +41,8 @@ from model.train import TrainConfig, run
 from service.settings import Settings
 
 # The serving graph runs as the service runs it: this many onnxruntime threads per run (at most the
-# budget), the rest of the cores left to other requests. One beats two at every size measured here,
-# because a run is ~30 small ops and waking the second thread for each costs more than it saves
-# (--tune shows both).
+# budget), the rest of the cores left to other requests. A run is ~30 small ops, and waking a second
+# thread for each cost more than it saved in every --tune configuration of the README's run.
 SERVICE_ORT_THREADS = Settings.model_fields["ort_intra_threads"].default
 
 GRID_N, GRID_L = (20, 200, 1000), (20, 50, 100)
