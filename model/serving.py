@@ -163,6 +163,8 @@ class ServingGraph(nn.Module):
         self.register_buffer("w_candidate", (w_v - w_d).T.contiguous())  # [FD, H1]
         self.register_buffer("w_pair", w_p.T.contiguous())  # [FD, H1]
         self.register_buffer("b_first", first.bias.detach().clone())  # [H1]
+        # The same two weights unit-major, for the per-behaviour rows: a transposed view there would
+        # make the [H1, L, FD] product non-contiguous, and the export cannot flatten it without a copy.
         self.register_buffer("candidate_by_unit", (w_v - w_d).contiguous())  # [H1, FD]
         self.register_buffer("pair_by_unit", w_p.contiguous())  # [H1, FD]
         self.attention_rest = frozen(model.attention)[1:]  # activation, then the narrow layers
