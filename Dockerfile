@@ -56,5 +56,6 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-# Exec form: uvicorn is PID 1 and gets the runtime's SIGTERM for a graceful shutdown.
-CMD ["python", "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--timeout-graceful-shutdown", "20"]
+# Exec form: the server (uvicorn, through python -m service) is PID 1 and gets the runtime's
+# SIGTERM for a graceful shutdown.
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--timeout-graceful-shutdown", "20"]

@@ -3,24 +3,35 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test quickstart redeploy rollback reliability bench-train bench-model bench-service clean
+.PHONY: install lint test test-fast quickstart redeploy rollback reliability bench-train bench-model bench-service clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train,dev]'
+# A stamp: reinstalls only when pyproject.toml changes (the install is editable, so code needs none).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "== installing the project and its dependencies into $(VENV) (the first time takes a few minutes)"
+	$(BIN)/pip install --progress-bar on -e '.[train,dev]'
+	touch $@
+
+install: $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Everything, as CI runs it.
 test: lint
 	$(BIN)/pytest -q
 
-# Serves a DIN on port 8000 (trains a small one on SYNTHETIC data first if none is published).
+# The inner loop: skips the live-server tests marked slow.
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+# Serves a DIN on 127.0.0.1:8000 (trains a small one on SYNTHETIC data first if none is published).
+# HOST, PORT and WORKERS change where and how (scripts/quickstart.sh).
 quickstart:
 	bash scripts/quickstart.sh
 

@@ -5,7 +5,8 @@
 
 A version becomes visible only by a rename of a complete folder, and the pointer only by a rename
 of a complete file, so a reader never sees half of either. ``history`` lists the versions that
-have been current, newest first; rollback steps back along it. Names starting with "." are
+have been current, newest first, so ``history[0]`` is the current version itself; rollback steps
+to ``history[1]`` and drops ``history[0]``. Names starting with "." are
 work in progress (export's temporary folders, the pointer's temporary file) and never listed.
 """
 

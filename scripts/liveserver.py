@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE_COMMAND = ["python", "-m", "uvicorn", "--factory", "service.main:create_app"]
+SERVE_COMMAND = ["python", "-m", "service"]
 
 
 def free_port() -> int:

@@ -38,6 +38,17 @@ def run_load(main: Coroutine[Any, Any, T]) -> T:
         gc.unfreeze()
 
 
+SHED_KINDS = {"overloaded", "deadline_exceeded"}  # service.errors: Overloaded, DeadlineExceeded
+
+
+def refusal_kind(body: bytes) -> str:
+    """The ``type`` of an error answer's first detail (service.errors' one shape)."""
+    try:
+        return str(orjson.loads(body)["detail"][0]["type"])
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return "unparsed error body"
+
+
 @dataclass
 class Answer:
     at: float  # time.monotonic() when the answer arrived
@@ -57,9 +68,14 @@ class Run:
     def of(self, status: int) -> list[Answer]:
         return [a for a in self.answers if a.status == status]
 
+    def shed(self) -> list[Answer]:
+        """503s of admission control (overload, or a deadline passed): the service refusing work
+        it cannot do in time, which is what it should do, counted apart from failures."""
+        return [a for a in self.answers if a.status == 503 and a.error in SHED_KINDS]
+
     def summary(self) -> dict[str, Any]:
-        ok, rejected = self.of(200), self.of(503)
-        other = [a for a in self.answers if a.status not in (200, 503)]
+        ok, rejected = self.of(200), self.shed()
+        other = [a for a in self.answers if a.status != 200 and a not in rejected]
         return {
             "offered": self.offered,
             "offered_rps": self.offered / max(self.seconds, 1e-9),
@@ -148,6 +164,8 @@ async def open_loop(
                 if status == 200 and body.startswith(b'{"model_version"'):
                     parsed = orjson.loads(body)
                     answer.degraded, answer.version = parsed["degraded"], parsed["model_version"]
+                elif status == 503:
+                    answer.error = refusal_kind(body)
                 run.answers.append(answer)
                 idle.append(conn)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:

@@ -1,8 +1,31 @@
 #!/usr/bin/env bash
 # Serve a DIN on a working default: install, train a small model on SYNTHETIC data if none is
-# published yet, load demo behaviours into Redis, and run the API on port 8000.
+# published yet, load demo behaviours into Redis, and run the API.
+#   HOST     interface to bind (default 127.0.0.1; 0.0.0.0 exposes /events and /profile, which
+#            have no authentication, to every network the machine is on)
+#   PORT     port (default 8000)
+#   WORKERS  server processes (default 2)
+#   REDIS_URL / DIN_REDIS_URL, DIN_MODELS, and every other DIN_* setting (README, Configuration)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+HOST="${HOST:-127.0.0.1}"
+PORT="${PORT:-8000}"
+WORKERS="${WORKERS:-2}"
+
+# Before minutes of install and training: is the port free?
+if ! python3 - "$HOST" "$PORT" <<'PY'
+import socket, sys
+with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((sys.argv[1], int(sys.argv[2])))
+    except OSError as e:
+        sys.exit(f"{sys.argv[1]}:{sys.argv[2]} is not free ({e.strerror}); pick another port with PORT=8001 make quickstart")
+PY
+then
+  exit 1
+fi
+
 make install
 PY=.venv/bin/python
 export DIN_MODELS="${DIN_MODELS:-models}"
@@ -33,12 +56,10 @@ echo "== loading SYNTHETIC demo behaviours into $DIN_REDIS_URL"
 $PY scripts/load_behaviors.py --data synthetic --redis-url "$DIN_REDIS_URL" --no-progress
 
 cat <<MSG
-== serving on http://127.0.0.1:${PORT:-8000} (docs: /docs). Try:
-curl -s localhost:${PORT:-8000}/score -H 'content-type: application/json' \\
+== serving on http://$HOST:$PORT (docs: /docs), $WORKERS workers. Try:
+curl -s $HOST:$PORT/score -H 'content-type: application/json' \\
   -d '{"user_id": 1, "candidates": [{"item_id": 5, "category_id": 3}, {"item_id": 77, "category_id": 12}], "explain": true}'
 Retrain and roll out while it serves (the workers poll models/current):
-  .venv/bin/python scripts/redeploy.py --instance http://127.0.0.1:${PORT:-8000} --data synthetic --epochs 5
+  .venv/bin/python scripts/redeploy.py --instance http://$HOST:$PORT --data synthetic --epochs 5
 MSG
-# Two workers: measured 355 vs 193 requests/s at N = 200 (README, Service latency).
-exec $PY -m uvicorn --factory service.main:create_app --host 0.0.0.0 --port "${PORT:-8000}" \
-  --workers "${WORKERS:-2}"
+exec $PY -m service --host "$HOST" --port "$PORT" --workers "$WORKERS"

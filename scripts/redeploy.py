@@ -110,8 +110,12 @@ def roll_out(repo: ModelRepository, target: str, a: argparse.Namespace, steps: t
 
 
 def rollback(repo: ModelRepository, a: argparse.Namespace) -> None:
+    before = repo.current()
     pointer = repo.rollback()
-    step("rollback", f"pointer back to {pointer.version} (history {list(pointer.history)})")
+    left = ", ".join(pointer.history[1:]) or "none"
+    step(
+        "rollback", f"current is now {pointer.version} (was {before}); older versions to roll back to: {left}"
+    )
     roll_out(repo, pointer.version, a, (6, 7))
 
 

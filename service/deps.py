@@ -1,4 +1,4 @@
-"""Dependencies as Annotated aliases; tests override the getters instead of monkeypatching.
+"""Dependencies as Annotated aliases over what ``lifespan`` put in ``app.state``.
 
 The getters are async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, and
 six thread hops per request cost more than the rest of the request's Python."""
@@ -8,13 +8,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
+from service.body import json_body
 from service.limits import Deadline
 from service.metrics import Metrics
 from service.models import ModelSlot
-from service.schemas import ScoreRequest
+from service.schemas import EventsRequest, ProfileRequest, ScoreRequest
 from service.scorer import Scorer
 from service.settings import Settings
 from service.shutdown import Drain
@@ -50,20 +49,6 @@ async def get_deadline(request: Request) -> Deadline | None:
     return getattr(request.state, "deadline", None)
 
 
-async def get_score_request(request: Request) -> ScoreRequest:
-    """The /score body, parsed and validated in one pass by pydantic-core. FastAPI's own body path
-    (json.loads, then validation of the Python objects) costs about three times as much on a few
-    hundred candidates. Errors keep FastAPI's shape: 422, with ``loc`` starting at "body"."""
-    try:
-        return ScoreRequest.model_validate_json(await request.body())
-    except ValidationError as e:
-        # No "input": it may be bytes that are not UTF-8, which FastAPI's error encoder cannot print.
-        errors = [
-            {**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False, include_input=False)
-        ]
-        raise RequestValidationError(errors) from None
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelSlot, Depends(get_models)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
@@ -71,4 +56,6 @@ StoreDep = Annotated[BehaviorStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 DeadlineDep = Annotated[Deadline | None, Depends(get_deadline)]
-ScoreBody = Annotated[ScoreRequest, Depends(get_score_request)]
+ScoreBody = Annotated[ScoreRequest, Depends(json_body(ScoreRequest))]
+EventsBody = Annotated[EventsRequest, Depends(json_body(EventsRequest))]
+ProfileBody = Annotated[ProfileRequest, Depends(json_body(ProfileRequest))]

@@ -1,15 +1,24 @@
-"""The service's domain errors and, in one place, the HTTP status each maps to."""
+"""The service's domain errors and, in one place, the HTTP status each maps to.
+
+Every error answer has one shape, ``{"detail": [{"loc", "msg", "type"}]}``: ``loc`` names the field
+(``["body", "candidates", 3, "item_id"]``), ``msg`` states the rule, and nothing the client sent is
+echoed back (a raw body may not even be text).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
+
+MAX_LOC_TEXT = 64  # a client-chosen key is named in ``loc``, cut to this length
 
 
 class ErrorDetail(BaseModel):
@@ -33,6 +42,22 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     status_code, kind = 422, "invalid_input"
+
+
+class InvalidBody(InvalidInput):
+    """Several field errors at once, as pydantic reports them (already made safe to send)."""
+
+    def __init__(self, details: list[dict[str, Any]]):
+        super().__init__(details[0]["msg"], tuple(details[0]["loc"]))
+        self.details = details
+
+    @classmethod
+    def from_errors(cls, errors: Iterable[Mapping[str, Any]], prefix: tuple[str, ...] = ()) -> InvalidBody:
+        return cls([safe_detail(e, prefix) for e in errors])
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code, kind = 415, "unsupported_media_type"
 
 
 class StoreUnavailable(ServiceError):
@@ -69,6 +94,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong bearer token", "model": ErrorBody},
     404: {"description": "disabled", "model": ErrorBody},
     413: {"description": "body too large", "model": ErrorBody},
+    415: {"description": "the body is not declared as JSON", "model": ErrorBody},
     422: {"description": "invalid input; `loc` names the field", "model": ErrorBody},
     503: {
         "description": "overloaded, past its deadline, or the store is down; see Retry-After",
@@ -83,7 +109,30 @@ def errors_of(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def error_body(exc: ServiceError) -> dict[str, Any]:
+    if isinstance(exc, InvalidBody):
+        return {"detail": exc.details}
     return {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind}]}
+
+
+def safe_detail(error: Mapping[str, Any], prefix: Sequence[str] = ()) -> dict[str, Any]:
+    """A pydantic or FastAPI error without its ``input`` and ``ctx`` (they carry the client's
+    values), with long client-chosen keys in ``loc`` cut short."""
+    loc = [_short(part) for part in (*prefix, *error["loc"])]
+    if error["type"] == "json_invalid":  # one wording for every body that does not parse
+        reason = error.get("ctx", {}).get("error", "")
+        return {
+            "loc": loc or ["body"],
+            "msg": f"the body is not valid JSON: {reason}",
+            "type": "json_invalid",
+        }
+    return {"loc": loc, "msg": str(error["msg"]), "type": str(error["type"])}
+
+
+def _short(part: Any) -> str | int:
+    if isinstance(part, int):
+        return part
+    text = str(part)
+    return text if len(text) <= MAX_LOC_TEXT else text[: MAX_LOC_TEXT - 1] + "…"
 
 
 def error_headers(exc: ServiceError) -> dict[str, str]:
@@ -108,10 +157,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """Query and header parameters FastAPI validates; bodies are parsed in ``service.body``."""
+        return await handle(request, InvalidBody.from_errors(exc.errors()))
+
     @app.exception_handler(StarletteHTTPException)
     async def handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Framework errors in the same shape; a body that is not JSON at all is a 422 on ``body``."""
-        if exc.status_code == 400:
-            return await handle(request, InvalidInput(f"the body is not valid JSON: {exc.detail}", ("body",)))
+        """Framework errors (404, 405) in the same shape."""
         body = {"detail": [{"loc": [], "msg": str(exc.detail), "type": f"http_{exc.status_code}"}]}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

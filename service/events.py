@@ -8,11 +8,12 @@ from typing import Any
 
 from service.errors import InvalidInput
 from service.features import check_fields, check_known
+from service.ids import RawId
 from service.metrics import Metrics
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest, extra_fields
 from service.scorer import Scorer
 from service.settings import Settings
-from service.store import BehaviorStore, RawId
+from service.store import BehaviorStore
 
 
 async def append_events(

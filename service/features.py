@@ -15,6 +15,7 @@ import numpy as np
 
 from model.schema import PAD, FeatureSpace
 from service.errors import InvalidInput
+from service.ids import INT_MAX, INT_MIN
 
 MISSING_INT = np.iinfo(np.int64).min  # never a vocabulary key: maps to OOV
 MISSING_STR = "\x00"
@@ -52,7 +53,7 @@ def check_known(
     """Every key must be one of ``names`` (e.g. a profile feature of this model)."""
     for key, value in values.items():
         if key not in names:
-            raise InvalidInput(f"unknown feature {key!r}; this model takes {list(names)}", (*loc, key))
+            raise InvalidInput(f"unknown feature; this model takes {list(names)}", (*loc, key))
         _check_type(space, key, value, (*loc, key))
 
 
@@ -60,15 +61,24 @@ def _check_type(space: FeatureSpace, name: str, value: Any, loc: tuple[str | int
     want_str = space.vocabs[name].is_string
     ok = isinstance(value, str) if want_str else isinstance(value, int) and not isinstance(value, bool)
     if not ok:
-        raise InvalidInput(f"{name} must be {'a string' if want_str else 'an integer'}, got {value!r}", loc)
+        got = "a string" if isinstance(value, str) else "an integer"
+        raise InvalidInput(
+            f"{name} must be {'a string' if want_str else 'an integer'} for this model, not {got}", loc
+        )
 
 
 def encode_column(space: FeatureSpace, name: str, values: Sequence[Any]) -> np.ndarray:
+    """Indices of one feature's values; a value of the wrong type or beyond 64 bits (one stored
+    before the id rule existed) counts as missing, which maps to OOV."""
     vocab = space.vocabs[name]
     if vocab.is_string:
         raw = np.array([v if isinstance(v, str) else MISSING_STR for v in values], dtype=str)
     else:
-        raw = np.array([v if isinstance(v, int) else MISSING_INT for v in values], dtype=np.int64)
+        ints = [v if isinstance(v, int) else MISSING_INT for v in values]
+        try:
+            raw = np.array(ints, dtype=np.int64)
+        except OverflowError:
+            raw = np.array([v if INT_MIN <= v <= INT_MAX else MISSING_INT for v in ints], dtype=np.int64)
     return vocab.encode(raw)
 
 

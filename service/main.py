@@ -1,4 +1,4 @@
-"""Assembles the app. Run with: uvicorn --factory service.main:create_app --port 8000"""
+"""Assembles the app. Run with: python -m service --port 8000 (uvicorn's options, see service.__main__)"""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from service.keys import Keys
 from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
 from service.models import ModelSlot
+from service.openapi import model_openapi
 from service.routes import admin, ops, scoring
 from service.settings import Settings
 from service.shutdown import Drain
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             executor.shutdown(wait=True)
             log.info("onnxruntime threads stopped; shutdown complete")
             drain.uninstall()
+            metrics.process_exited()
 
     app = FastAPIOffline(
         title="DIN CTR scoring",
@@ -112,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     install_error_handlers(app)
+    app.openapi = model_openapi(app, settings)  # type: ignore[method-assign]
     app.include_router(scoring.router)
     app.include_router(ops.router)
     app.include_router(admin.router)

@@ -1,11 +1,19 @@
-"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+"""Prometheus metrics, one registry per app so several apps (tests) never collide.
+
+Served by several worker processes (``python -m service --workers N``), every value also goes to
+the multiprocess directory, and a scrape adds up all workers' files, so totals are exact whichever
+worker answers. Each gauge says how workers combine: in-flight requests add up, the rest take the
+largest (a breaker open in any worker shows as open).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by ``python -m service`` (service.__main__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -30,22 +38,56 @@ class Metrics:
         self.rejected = Counter(
             "din_rejected", "Scoring requests refused with 503", ["reason"], registry=r
         )  # reason: overload (admission control) or deadline
-        self.in_flight = Gauge("din_in_flight", "Scoring requests admitted and not yet answered", registry=r)
+        self.in_flight = Gauge(
+            "din_in_flight",
+            "Scoring requests admitted and not yet answered",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.expected_wait = Gauge(
-            "din_expected_wait_seconds", "Expected wait of a new scoring request (admission)", registry=r
+            "din_expected_wait_seconds",
+            "Expected wait of a new scoring request (admission; the largest of the workers)",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.breaker_open = Gauge(
-            "din_redis_breaker_open", "1 while the Redis circuit breaker is open or half-open", registry=r
+            "din_redis_breaker_open",
+            "1 while the Redis circuit breaker is open or half-open (in any worker)",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.events = Counter("din_events_appended", "Behaviours appended through /events", registry=r)
         self.reloads = Counter(
             "din_model_reloads", "Model reload attempts that loaded or failed", ["result"], registry=r
         )
         self.reload_failing = Gauge(
-            "din_model_reload_failing", "1 while the version the pointer names cannot be served", registry=r
+            "din_model_reload_failing",
+            "1 while the version the pointer names cannot be served",
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.model_version = Gauge("din_model_info", "The loaded model version", ["version"], registry=r)
+        self.model_version = Gauge(
+            "din_model_info", "The loaded model version", ["version"], registry=r, multiprocess_mode="livemax"
+        )
+        self.version: str | None = None
 
     def set_model(self, version: str) -> None:
-        self.model_version.clear()
+        if self.version is not None and self.version != version:
+            # Zeroed, not only removed: another worker's file may still be read for it.
+            self.model_version.labels(version=self.version).set(0)
+            self.model_version.remove(self.version)
+        self.version = version
         self.model_version.labels(version=version).set(1)
+
+    def scrape(self) -> bytes:
+        """The text exposition: this app's registry, or every worker's files in multiprocess mode."""
+        if MULTIPROC_DIR_ENV not in os.environ:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return generate_latest(combined)
+
+    def process_exited(self) -> None:
+        """Drops this worker's live gauges, so a stopped worker no longer counts."""
+        if MULTIPROC_DIR_ENV in os.environ:
+            multiprocess.mark_process_dead(os.getpid())

@@ -1,14 +1,15 @@
 """Request and response bodies. Feature fields beyond the common ones are free-form here and are
-checked against the loaded model's schema in ``service.features``, naming the offending field."""
+checked against the loaded model's schema in ``service.features``, naming the offending field.
+Every id follows one rule (``service.ids``); nothing is coerced, and an unknown top-level field is
+refused, so a typo such as ``topk`` is a 422 instead of being silently ignored."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 
-RawId = int | str
-
+from service.ids import ANY_ID_SCHEMA, RawId, WholeNumber
 
 # A candidate ad: its feature ids by name. A plain mapping, not a model: validating a few hundred
 # model instances per request cost more than the model run. item_id and the model's other ad fields
@@ -19,9 +20,9 @@ Candidate = Annotated[
         {
             "type": "object",
             "title": "Candidate",
-            "properties": {"item_id": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
+            "properties": {"item_id": ANY_ID_SCHEMA},
             "required": ["item_id"],
-            "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "additionalProperties": ANY_ID_SCHEMA,
             "example": {"item_id": 2, "category_id": 16},
         }
     ),
@@ -30,6 +31,7 @@ Candidate = Annotated[
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "example": {
                 "user_id": 1,
@@ -37,7 +39,7 @@ class ScoreRequest(BaseModel):
                 "top_k": 10,
                 "explain": False,
             }
-        }
+        },
     )
 
     user_id: RawId
@@ -46,8 +48,12 @@ class ScoreRequest(BaseModel):
         None, description="context features; derived from the time if absent"
     )
     user: dict[str, RawId] | None = Field(None, description="profile features; read from Redis if absent")
-    top_k: int | None = Field(None, ge=1, description="return the best k (default: all)")
-    explain: bool = Field(False, description="add each item's top behaviours with their attention weights")
+    top_k: Annotated[int, WholeNumber(ge=1)] | None = Field(
+        None, description="return the best k (default: all)"
+    )
+    explain: StrictBool = Field(
+        False, description="add each item's most influential behaviours with their attention weights"
+    )
 
 
 class Behavior(BaseModel):
@@ -83,10 +89,14 @@ class Event(BaseModel):
 
     user_id: RawId
     item_id: RawId
-    ts: int | None = Field(None, description="unix seconds; the server's time if absent")
+    ts: Annotated[int, WholeNumber(ge=0)] | None = Field(
+        None, description="unix seconds; the server's time if absent"
+    )
 
 
 class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     events: list[Event] = Field(min_length=1)
 
 
@@ -97,7 +107,7 @@ class EventsResponse(BaseModel):
 
 class ProfileRequest(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"example": {"user_id": 1, "profile": {"age": 25, "gender": "F"}}}
+        extra="forbid", json_schema_extra={"example": {"user_id": 1, "profile": {"age": 25, "gender": "F"}}}
     )
 
     user_id: RawId

@@ -23,10 +23,10 @@ from redis.exceptions import RedisError
 
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
+from service.ids import RawId
 from service.keys import Keys
 
 log = logging.getLogger(__name__)
-RawId = int | str
 
 
 @dataclass
@@ -65,8 +65,8 @@ class BehaviorStore:
             await _drop_idle_if_gone(self.client, e)
             return None
         self.breaker.success()
-        history = [orjson.loads(r) for r in replies[0]]
-        profile = {_text(k): orjson.loads(v) for k, v in replies[1].items()} if with_profile else {}
+        history = [r for r in map(_decode, replies[0]) if isinstance(r, dict)]
+        profile = {_text(k): _decode(v) for k, v in replies[1].items()} if with_profile else {}
         return UserState(history, profile)
 
     async def append(self, events_by_user: Mapping[RawId, Sequence[dict[str, Any]]]) -> None:
@@ -121,6 +121,16 @@ async def _drop_idle_if_gone(client: aioredis.Redis, error: BaseException) -> No
             await client.connection_pool.disconnect(inuse_connections=False)
         except (RedisError, OSError) as e:
             log.warning("closing idle redis connections failed: %s", e)
+
+
+def _decode(raw: bytes) -> Any:
+    """A stored value; one that is not JSON (written by hand, or damaged) reads as None, which the
+    caller skips or treats as a missing feature, instead of failing every request of that user."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        log.warning("skipping a stored value that is not JSON")
+        return None
 
 
 def _text(v: bytes | str) -> str:

@@ -118,3 +118,20 @@ def test_compose_services_match_the_images_and_settings(compose):
 def test_quickstart_serves_with_the_same_command():
     quickstart = (ROOT / "scripts/quickstart.sh").read_text()
     assert " ".join(SERVE_COMMAND[1:]) in quickstart
+
+
+def test_compose_file_works_with_docker_compose_1_29_and_its_default_mounts_exist(compose):
+    assert "name" not in compose  # docker-compose 1.29 refuses a top-level name
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            default = re.fullmatch(r"\$\{\w+:-(.+)\}", source)
+            if default or source.startswith("."):
+                path = default.group(1) if default else source
+                assert (ROOT / path).is_dir(), f"{volume}: {path} is not in the repo"
+
+
+def test_quickstart_binds_loopback_by_default_and_checks_the_port_before_installing():
+    quickstart = (ROOT / "scripts/quickstart.sh").read_text()
+    assert 'HOST="${HOST:-127.0.0.1}"' in quickstart and '--host "$HOST"' in quickstart
+    assert quickstart.index("is not free") < quickstart.index("make install")

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import DrainDep, MetricsDep, ModelsDep, ScorerDep, StoreDep
 
@@ -36,5 +36,5 @@ async def model(models: ModelsDep) -> dict[str, Any]:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(m: MetricsDep) -> Response:
-    """Prometheus text format."""
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format; with several workers, the sum over all of them."""
+    return Response(m.scrape(), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,17 @@ import orjson
 from fastapi import APIRouter, Response
 
 from service import events, scoring
-from service.deps import DeadlineDep, MetricsDep, ScoreBody, ScorerDep, SettingsDep, StoreDep
+from service.body import request_body_openapi
+from service.deps import (
+    DeadlineDep,
+    EventsBody,
+    MetricsDep,
+    ProfileBody,
+    ScoreBody,
+    ScorerDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import errors_of
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest, ScoreRequest, ScoreResponse
 
@@ -14,14 +24,8 @@ router = APIRouter()
 @router.post(
     "/score",
     response_model=ScoreResponse,
-    responses=errors_of(413, 422, 503),
-    # The body is parsed by the ScoreBody dependency, so its schema is declared here.
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
-        }
-    },
+    responses=errors_of(413, 415, 422, 503),
+    openapi_extra=request_body_openapi(ScoreRequest),
 )
 async def score(
     req: ScoreBody,
@@ -38,15 +42,25 @@ async def score(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.post("/events", response_model=EventsResponse, responses=errors_of(413, 422, 503))
+@router.post(
+    "/events",
+    response_model=EventsResponse,
+    responses=errors_of(413, 415, 422, 503),
+    openapi_extra=request_body_openapi(EventsRequest),
+)
 async def append_events(
-    req: EventsRequest, scorer: ScorerDep, store: StoreDep, metrics: MetricsDep, settings: SettingsDep
+    req: EventsBody, scorer: ScorerDep, store: StoreDep, metrics: MetricsDep, settings: SettingsDep
 ) -> EventsResponse:
     """Appends behaviours to their users' histories (atomically, capped to the newest N)."""
     return await events.append_events(req, scorer, store, metrics, settings)
 
 
-@router.post("/profile", status_code=204, responses=errors_of(413, 422, 503))
-async def upsert_profile(req: ProfileRequest, scorer: ScorerDep, store: StoreDep) -> None:
+@router.post(
+    "/profile",
+    status_code=204,
+    responses=errors_of(413, 415, 422, 503),
+    openapi_extra=request_body_openapi(ProfileRequest),
+)
+async def upsert_profile(req: ProfileBody, scorer: ScorerDep, store: StoreDep) -> None:
     """Creates or updates profile features of a user."""
     await events.upsert_profile(req, scorer, store)

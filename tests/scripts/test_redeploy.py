@@ -1,7 +1,8 @@
-"""Retrain-and-redeploy against a real uvicorn (2 workers) on real Redis, under /score traffic.
+"""Retrain-and-redeploy against a real server (2 workers) on real Redis, under /score traffic.
 
-The tests share one server and repository and run in file order: v1 -> v2 under load, a gate
-refusal, a failed roll-out that rolls itself back, then --rollback to v1.
+The tests share one server and repository, and each first puts the versions it starts from in
+place (``serve``), so any of them runs alone or in any order: a retrain under load, gate refusals,
+a failed roll-out that rolls itself back, and --rollback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from liveserver import ROOT, start_server, stop_server
 from model.bundle import MANIFEST_FILE
 from model.repository import ModelRepository
 from tests.service.test_models import drop_a_context_feature, flip_a_byte
+
+pytestmark = pytest.mark.slow
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 TOKEN = "redeploy-test-token-0123456789"
@@ -76,11 +79,24 @@ def redeploy(d: Deployment, *args: str, token: str = TOKEN) -> subprocess.Comple
 
 def staged_copy(bundle: Path, tmp: Path, **manifest_changes: object) -> Path:
     """A copy of the bundle, ready for --bundle, with manifest fields changed (it is not hashed)."""
-    staged = tmp / "bundle"
+    staged = tmp / f"bundle-{uuid.uuid4().hex[:8]}"
     shutil.copytree(bundle, staged)
     manifest = json.loads((staged / MANIFEST_FILE).read_text())
     (staged / MANIFEST_FILE).write_text(json.dumps(manifest | manifest_changes))
     return staged
+
+
+def serve(d: Deployment, trained: tuple[Path, Path], tmp: Path, *versions: str) -> None:
+    """Makes each version current in turn (publishing a copy of the trained bundle under that name
+    if the repository lacks it), then waits until every worker serves the last one."""
+    for version in versions:
+        if version not in d.repo.versions():
+            d.repo.publish(staged_copy(trained[1], tmp, version=version))
+        d.repo.set_current(version)
+    deadline = time.monotonic() + 30
+    while serving_versions(d.url, probes=10) != {versions[-1]}:
+        assert time.monotonic() < deadline, f"the workers did not switch to {versions[-1]}"
+        time.sleep(0.3)
 
 
 def serving_versions(url: str, probes: int = 20) -> set[str]:
@@ -136,10 +152,12 @@ class Traffic:
         conn.close()
 
 
-def test_redeploy_under_load_switches_every_worker_with_zero_failed_requests(deployment):
+def test_redeploy_under_load_switches_every_worker_with_zero_failed_requests(deployment, trained, tmp_path):
+    serve(deployment, trained, tmp_path, "test-v1")
+    new = f"test-new-{uuid.uuid4().hex[:6]}"
     with Traffic(deployment.url) as traffic:
         time.sleep(1.0)
-        done = redeploy(deployment, "--version", "test-v2", *TRAIN, "--epochs", "2", "--gauc-margin", "0.05")
+        done = redeploy(deployment, "--version", new, *TRAIN, "--epochs", "2", "--gauc-margin", "0.05")
         finished = time.monotonic()
         time.sleep(1.0)
 
@@ -151,14 +169,15 @@ def test_redeploy_under_load_switches_every_worker_with_zero_failed_requests(dep
     assert not failures and len(answers) > 100, failures[:5]
     for per_client in traffic.answers:  # old then new, never back
         versions = [v for _, _, v in per_client]
-        switch = versions.index("test-v2")
-        assert set(versions[:switch]) == {"test-v1"} and set(versions[switch:]) == {"test-v2"}
+        switch = versions.index(new)
+        assert set(versions[:switch]) == {"test-v1"} and set(versions[switch:]) == {new}
     after = [v for t, _, v in answers if t > finished]
-    assert after and set(after) == {"test-v2"}  # no request sent after the script verified meets v1
-    assert deployment.repo.current() == "test-v2" and serving_versions(deployment.url) == {"test-v2"}
+    assert after and set(after) == {new}  # no request sent after the script verified meets v1
+    assert deployment.repo.current() == new and serving_versions(deployment.url) == {new}
 
 
-def test_the_gate_refuses_a_worse_model_and_the_old_one_keeps_serving(deployment):
+def test_the_gate_refuses_a_worse_model_and_the_old_one_keeps_serving(deployment, trained, tmp_path):
+    serve(deployment, trained, tmp_path, "test-v2")
     done = redeploy(deployment, "--version", "test-worse", *TRAIN, "--epochs", "1", "--lr", "1e-7")
 
     assert done.returncode == 1
@@ -169,14 +188,15 @@ def test_the_gate_refuses_a_worse_model_and_the_old_one_keeps_serving(deployment
 
 
 def test_a_roll_out_that_cannot_reach_the_instances_rolls_the_pointer_back(deployment, trained, tmp_path):
-    staged = staged_copy(trained[1], tmp_path, version="test-v3")
+    serve(deployment, trained, tmp_path, "test-v2")
+    staged = staged_copy(trained[1], tmp_path, version=f"test-unreached-{uuid.uuid4().hex[:6]}")
 
     done = redeploy(deployment, "--bundle", str(staged), *TRAIN, token="wrong-token-0123456789")
 
     assert done.returncode == 1
-    assert "HTTP 401" in done.stdout and "pointer back to test-v2" in done.stdout
+    assert "HTTP 401" in done.stdout and "current is now test-v2" in done.stdout
     assert deployment.repo.current() == "test-v2"
-    deadline = time.monotonic() + 10  # the poll may have picked up test-v3 meanwhile; it returns
+    deadline = time.monotonic() + 10  # the poll may have picked up the new one meanwhile; it returns
     while serving_versions(deployment.url, probes=10) != {"test-v2"}:
         assert time.monotonic() < deadline
         time.sleep(0.5)
@@ -188,6 +208,7 @@ def test_a_roll_out_that_cannot_reach_the_instances_rolls_the_pointer_back(deplo
     ids=["corrupt", "wrong-signature"],
 )
 def test_a_bundle_that_cannot_be_served_is_refused_at_the_gate(deployment, trained, tmp_path, damage, reason):
+    serve(deployment, trained, tmp_path, "test-v2")
     staged = staged_copy(trained[1], tmp_path, version="test-broken")
     damage(staged)
 
@@ -199,6 +220,7 @@ def test_a_bundle_that_cannot_be_served_is_refused_at_the_gate(deployment, train
 
 
 def test_a_bundle_exported_with_a_loose_parity_tolerance_is_refused(deployment, trained, tmp_path):
+    serve(deployment, trained, tmp_path, "test-v2")
     loose = {"ctr": 0.01, "attention": 0.0}
     staged = staged_copy(trained[1], tmp_path, version="test-loose", parity_max_abs_error=loose)
 
@@ -208,9 +230,16 @@ def test_a_bundle_exported_with_a_loose_parity_tolerance_is_refused(deployment, 
     assert deployment.repo.current() == "test-v2"
 
 
-def test_rollback_returns_every_worker_to_the_previous_version(deployment):
-    done = redeploy(deployment, "--rollback")
+def test_rollback_walks_every_worker_back_one_version_at_a_time(deployment, trained, tmp_path):
+    serve(deployment, trained, tmp_path, "test-v1", "test-v2", "test-v3")
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert deployment.repo.current() == "test-v1"
-    assert serving_versions(deployment.url) == {"test-v1"}
+    logs = []
+    for expected, before in (("test-v2", "test-v3"), ("test-v1", "test-v2")):
+        done = redeploy(deployment, "--rollback")
+
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"current is now {expected} (was {before})" in done.stdout
+        assert deployment.repo.pointer().history[0] == expected  # history[0] is the current version
+        assert serving_versions(deployment.url) == {expected}
+        logs.append(done.stdout)
+    assert "older versions to roll back to: test-v1" in logs[0]

@@ -4,6 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import redis
 
+from service.keys import Keys
+
 
 def test_readyz_reports_model_and_redis(client):
     r = client.get("/readyz")
@@ -49,7 +51,7 @@ def test_concurrent_events_for_one_user_lose_nothing_and_keep_each_writers_order
     with ThreadPoolExecutor(writers) as pool:
         list(pool.map(write, range(writers)))
     r = redis.Redis.from_url(settings.redis_url)
-    stored = [orjson.loads(x) for x in r.lrange(f"{settings.key_prefix}hist:hot", 0, -1)]
+    stored = [orjson.loads(x) for x in r.lrange(Keys(settings.key_prefix).history("hot"), 0, -1)]
     r.close()
     assert len(stored) == writers * per_writer
     for w in range(writers):

@@ -12,10 +12,13 @@ import threading
 import time
 import uuid
 
+import pytest
 import redis
 
 from liveserver import ROOT, SERVE_COMMAND, free_port, wait_ready
 from tests.service.conftest import REDIS_URL
+
+pytestmark = pytest.mark.slow
 
 BODY = json.dumps({"user_id": 1, "candidates": [{"item_id": i, "category_id": 1} for i in range(50)]})
 

@@ -1,0 +1,52 @@
+"""Serve the app: ``python -m service [uvicorn options]``, e.g. ``--host 0.0.0.0 --workers 2``.
+
+The one command line the Dockerfile, the quickstart, the benchmarks and the tests run. It is
+uvicorn's own command line with the app filled in, plus one thing uvicorn cannot do: with several
+worker processes, each one counts only its own requests, so every worker writes its metrics to a
+shared directory (prometheus_client's multiprocess mode) and ``/metrics`` adds them up. The
+directory must be empty when the workers start, so it is prepared here, once, before any worker
+exists: ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of earlier runs' files), otherwise a fresh
+temporary one removed on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+APP = "service.main:create_app"
+# prometheus_client's own variable. It picks its mode when first imported, so it must be set
+# before anything imports prometheus_client (with one worker, uvicorn runs the app in this process).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir() -> Path | None:
+    """Returns the directory to remove on exit (one made here), or None."""
+    given = os.environ.get(MULTIPROC_DIR_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    made = Path(tempfile.mkdtemp(prefix="din-metrics-"))
+    os.environ[MULTIPROC_DIR_ENV] = str(made)  # inherited by the workers, before they import anything
+    return made
+
+
+def main(argv: list[str]) -> None:
+    made = prepare_metrics_dir()
+    try:
+        uvicorn.main.main(args=["--factory", APP, *argv], prog_name="python -m service")
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

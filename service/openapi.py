@@ -1,0 +1,105 @@
+"""/openapi.json with the loaded model's real request contract.
+
+The pydantic request models accept any feature names; which ones a model requires and takes, and
+whether each is an integer or a string, is known only once a bundle is loaded. This narrows the
+three request bodies to that: required candidate and event fields with their types, the allowed
+profile and context keys, and the per-request limits. So a client or a fuzzer that sends what the
+schema allows is not refused, and one that sends what it forbids is. Rebuilt when the version
+changes (hot reload).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from model.schema import FeatureSpace
+from service.ids import ANY_ID_SCHEMA, INT_ID_SCHEMA, INT_MAX, INT_MIN, STR_ID_SCHEMA
+from service.settings import Settings
+
+
+def feature_schema(space: FeatureSpace, name: str) -> dict[str, Any]:
+    return dict(STR_ID_SCHEMA if space.vocabs[name].is_string else INT_ID_SCHEMA)
+
+
+def features_object(
+    space: FeatureSpace, names: tuple[str, ...], required: bool, **extra: Any
+) -> dict[str, Any]:
+    """An object of the named features; others refused unless ``extra`` says otherwise."""
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {n: feature_schema(space, n) for n in names},
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = list(names)
+    return out | extra
+
+
+def narrow(paths: dict[str, Any], space: FeatureSpace, settings: Settings) -> None:
+    s = space.schema
+    behavior = features_object(space, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
+
+    def body(path: str) -> dict[str, Any]:
+        return paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    score = body("/score")["properties"]
+    score["candidates"] = {"type": "array", "items": behavior, "maxItems": settings.max_candidates}
+    for key, group in (("context", s.context), ("user", s.profile)):
+        score[key] = {"anyOf": [features_object(space, group, required=False), {"type": "null"}]} | {
+            "description": score[key].get("description", "")
+        }
+
+    events = body("/events")
+    event = features_object(space, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
+    event["properties"] = {"user_id": ANY_ID_SCHEMA, **event["properties"]}
+    event["properties"]["ts"] = events["$defs"]["Event"]["properties"]["ts"]
+    event["required"] = ["user_id", *event["required"]]
+    events["properties"]["events"] = {
+        "type": "array",
+        "items": event,
+        "minItems": 1,
+        "maxItems": settings.max_events,
+    }
+    events.pop("$defs")
+
+    profile = body("/profile")["properties"]
+    profile["profile"] = features_object(space, s.profile, required=False, minProperties=1)
+
+
+def exact_bounds(node: Any) -> None:
+    """FastAPI's OpenAPI model stores bounds as floats, and float(2**63 - 1) is 2**63, one past the
+    largest id; this puts the exact integers back."""
+    if isinstance(node, dict):
+        for key, exact in (("maximum", INT_MAX), ("minimum", INT_MIN)):
+            if isinstance(node.get(key), float) and node[key] == float(exact):
+                node[key] = exact
+        for value in node.values():
+            exact_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            exact_bounds(value)
+
+
+def model_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    cache: dict[str, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        scorer = app.state.models.scorer if hasattr(app.state, "models") else None
+        version = scorer.version if scorer is not None else ""
+        if version not in cache:
+            spec = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            exact_bounds(spec)
+            if scorer is not None:
+                narrow(spec["paths"], scorer.bundle.space, settings)
+                spec["info"]["description"] += f" Request schemas are those of model {version}."
+            cache.clear()
+            cache[version] = spec
+        return cache[version]
+
+    return openapi
