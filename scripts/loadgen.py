@@ -27,14 +27,18 @@ T = TypeVar("T")
 def run_load(main: Coroutine[Any, Any, T]) -> T:
     """Runs a load coroutine so that the client's own pauses are not reported as the server's
     latency (it counts from the scheduled send). Two were measured: the standard asyncio loop
-    fell behind by up to 330 ms at 1,100 requests/s (uvloop: 6 ms), and a full garbage collection
-    over a process that has just trained a model stopped the client for about 400 ms. Objects that
-    exist before the run are frozen out of the collector's reach."""
+    fell behind by up to 330 ms at 1,100 requests/s (uvloop: 6 ms), and full garbage collections
+    of the client stopped it for 170-400 ms, first over a process that had just trained a model,
+    then over the answers a long run accumulates. So objects that exist before the run are frozen
+    out of the collector's reach, and the collector is off while the load runs (a bounded run's
+    garbage is freed by reference counting; the cycles wait until the end)."""
     gc.collect()
     gc.freeze()
+    gc.disable()
     try:
         return uvloop.run(main)
     finally:
+        gc.enable()
         gc.unfreeze()
 
 
@@ -131,11 +135,14 @@ async def open_loop(
     timeout: float = 10.0,
     on_tick: Callable[[float], None] | None = None,
     stop: asyncio.Event | None = None,
+    pool: list[_Connection] | None = None,
 ) -> Run:
     """Sends ``make_request(i)`` at ``rate`` per second for ``seconds`` (or, with ``stop``, until
-    it is set, at most ``seconds``); returns every answer."""
+    it is set, at most ``seconds``); returns every answer. With ``pool``, keep-alive connections
+    are taken from it and left in it for the next run, as an upstream's connection pool does;
+    otherwise they are opened for this run and closed after it."""
     host, port = url.removeprefix("http://").split(":")
-    idle: list[_Connection] = []
+    idle: list[_Connection] = pool if pool is not None else []
     opened = 0
     slots = asyncio.Semaphore(max_connections)
     run = Run()
@@ -189,8 +196,9 @@ async def open_loop(
     run.offered = i
     run.seconds = time.monotonic() - t0
     await asyncio.gather(*tasks)
-    for conn in idle:
-        conn.writer.close()
+    if pool is None:
+        for conn in idle:
+            conn.writer.close()
     return run
 
 

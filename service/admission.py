@@ -18,22 +18,31 @@ from __future__ import annotations
 
 class WaitEstimate:
     """Seconds a newcomer would wait behind ``k`` requests in flight: k times the time the worker
-    takes to finish one more request while it stays busy (an EWMA of the gaps between completions
-    that left work behind; a gap after which the worker went idle says nothing about its speed).
-    One gap moves the estimate at most 2x: a single request stalled on I/O (a Redis timeout) must
-    not shed the requests queued behind it, while a standing queue still raises it in a few
-    completions."""
+    takes per completion while it stays busy. That is busy time over completions, each decayed by
+    ``decay`` per completion (a window of about 1 / (1 - decay) completions); a gap after which the
+    worker went idle says nothing about its speed and is left out.
 
-    def __init__(self, smoothing: float = 0.1):
-        self.smoothing = smoothing
-        self.seconds_per_completion = 0.0  # 0 until the worker has been busy once: admit
+    A ratio of sums, not an average of clamped gaps: completions come in bursts (the event loop
+    sends several finished answers in a row, then works through new bodies), and clamping the
+    long gaps of such a pattern drove an averaged estimate to a fraction of the true time per
+    completion, so a sudden overload was admitted several times past the budget. A single request
+    stalled on I/O still moves the ratio only by its share of the window."""
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self._busy = 0.0  # decayed busy seconds between completions
+        self._count = 0.0  # decayed number of those completions
         self._busy_since: float | None = None  # the last completion that left work in flight
 
     def completed(self, now: float, still_in_flight: int) -> None:
         if self._busy_since is not None:
-            gap, s = now - self._busy_since, self.seconds_per_completion
-            self.seconds_per_completion = gap if s == 0 else s + self.smoothing * (min(gap, 2 * s) - s)
+            self._busy = self.decay * self._busy + (now - self._busy_since)
+            self._count = self.decay * self._count + 1
         self._busy_since = now if still_in_flight else None
+
+    @property
+    def seconds_per_completion(self) -> float:
+        return self._busy / self._count if self._count else 0.0  # 0 until busy once: admit
 
     def wait(self, in_flight: int) -> float:
         return in_flight * self.seconds_per_completion

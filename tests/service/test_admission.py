@@ -10,18 +10,39 @@ BUDGET = 0.020  # seconds
 
 
 def test_the_wait_estimate_learns_only_from_busy_gaps_between_completions():
-    est = WaitEstimate(smoothing=0.1)
+    est = WaitEstimate(decay=0.5)
     est.completed(0.000, still_in_flight=2)  # first completion: nothing to compare with yet
+    assert est.seconds_per_completion == 0
     est.completed(0.002, still_in_flight=1)
     assert est.seconds_per_completion == pytest.approx(0.002)
     est.completed(0.004, still_in_flight=0)  # same gap; then the worker goes idle
     est.completed(1.000, still_in_flight=1)  # the idle second is not a service time
     assert est.seconds_per_completion == pytest.approx(0.002)
-    est.completed(1.003, still_in_flight=1)
-    assert est.seconds_per_completion == pytest.approx(0.002 + 0.1 * (0.003 - 0.002))
-    est.completed(1.503, still_in_flight=0)  # one request stalled 0.5 s: counted as 2x, not 250x
-    assert est.seconds_per_completion == pytest.approx(0.0021 + 0.1 * 0.0021)
-    assert est.wait(5) == pytest.approx(5 * 0.00231)
+    est.completed(1.005, still_in_flight=1)  # busy 0.5*0.003 + 0.005, count 0.5*1.5 + 1
+    assert est.seconds_per_completion == pytest.approx(0.0065 / 1.75)
+    assert est.wait(4) == pytest.approx(4 * 0.0065 / 1.75)
+
+
+def test_bursty_completions_are_estimated_at_their_true_mean_time():
+    """Five answers 0.1 ms apart, then 14.6 ms of work: 3 ms per completion on average. The old
+    average of gaps clamped at twice the estimate drifted to a fraction of that."""
+    est, now = WaitEstimate(), 0.0
+    est.completed(now, still_in_flight=10)
+    for _ in range(40):
+        for gap in (0.0146, 0.0001, 0.0001, 0.0001, 0.0001):
+            now += gap
+            est.completed(now, still_in_flight=10)
+    assert est.seconds_per_completion == pytest.approx(0.003, rel=0.15)
+
+
+def test_one_stalled_request_moves_the_estimate_by_its_share_of_the_window():
+    est, now = WaitEstimate(decay=0.95), 0.0
+    est.completed(now, still_in_flight=5)
+    for _ in range(200):
+        now += 0.002
+        est.completed(now, still_in_flight=5)
+    est.completed(now + 0.050, still_in_flight=5)  # a Redis timeout: 25 times the usual gap
+    assert 0.002 < est.seconds_per_completion < 0.002 + 0.05 * 0.05 * 1.01
 
 
 def test_a_burst_past_the_budget_is_admitted_when_it_does_not_last_an_interval():

@@ -53,7 +53,8 @@ def test_a_request_that_would_wait_past_the_ceiling_gets_503_at_once_and_a_short
     async def main():
         release, entered, metrics = asyncio.Event(), asyncio.Event(), Metrics()
         app = AdmissionControl(gated_app(release, entered), {"/score"}, 64, 25, 0, metrics)
-        app.estimate.seconds_per_completion = 0.010  # this worker finishes a request per 10 ms
+        app.estimate.completed(0.000, still_in_flight=1)  # this worker finishes a request per 10 ms
+        app.estimate.completed(0.010, still_in_flight=0)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             held = [asyncio.create_task(c.post("/score", json=OK_BODY)) for _ in range(8)]
             while app.in_flight < 8:  # admitted at expected waits of 0 to 70 ms: a burst
