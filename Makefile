@@ -43,21 +43,21 @@ rollback: install
 	$(BIN)/python scripts/redeploy.py --rollback $(ARGS)
 
 reliability: install
-	$(BIN)/python scripts/reliability.py all --readme README.md
+	$(BIN)/python scripts/reliability.py all --readme docs/benchmarks.md
 
 bench-train: install
 	$(BIN)/python scripts/bench_train.py --data-root ../shared/data --datasets amazon-sports movielens-100k \
-		--out runs/bench_train --readme README.md
+		--out runs/bench_train --readme docs/benchmarks.md
 
 # RUN: any run trained with the default settings (make bench-train writes this one).
 RUN ?= runs/bench_train/amazon-sports/DIN_default
 bench-model: install
 	$(BIN)/python scripts/bench_model.py --run $(RUN) --tune \
-		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme README.md
+		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme docs/benchmarks.md
 
 bench-service: install
 	$(BIN)/python scripts/bench_service.py --run $(RUN) --json runs/bench_service.json --png runs/bench_service.png \
-		--readme README.md
+		--readme docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache

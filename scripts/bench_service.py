@@ -1,7 +1,7 @@
 """HTTP benchmark of the real service (uvicorn) on real Redis, driven by wrk on loopback.
 
     python scripts/bench_service.py --run runs/bench_train/amazon-sports/DIN_default \\
-        --json runs/bench_service.json --png runs/bench_service.png --readme README.md
+        --json runs/bench_service.json --png runs/bench_service.png --readme docs/benchmarks.md
     python scripts/bench_service.py --quick     # N = 200 at concurrency 1 and 16 only
 
 Loads amazon-sports users into Redis (DB 13, prefix ``bench:``; removed afterwards) with their

@@ -1,6 +1,7 @@
-"""Train every model variant on every dataset and write the README's results table.
+"""Train every model variant on every dataset and write the results table of docs/benchmarks.md.
 
-    python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train --readme README.md
+    python scripts/bench_train.py --data-root ../shared/data --out runs/bench_train \
+        --readme docs/benchmarks.md
 
 Each cell is one `python -m model.train` run with default settings except the variant's flags,
 so the table is reproducible command by command. Epochs are picked on validation users; the

@@ -1,7 +1,7 @@
 """Reliability suite: the service under overload, a Redis outage, a redeploy, fuzzing, concurrent
 writers and a soak, each printing its figures and writing runs/reliability/<scenario>.json.
 
-    python scripts/reliability.py all --readme README.md        # the full runs (about 14 minutes)
+    python scripts/reliability.py all --readme docs/benchmarks.md        # the full runs (about 14 minutes)
     python scripts/reliability.py overload redis-outage --scale 0.5
 
 Every scenario runs the real service (SERVE_COMMAND, one worker) against a redis-server this

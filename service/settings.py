@@ -1,4 +1,6 @@
-"""All service settings in one class, read from DIN_* environment variables, checked at start-up."""
+"""All service settings in one class, read from DIN_* environment variables, checked at start-up.
+
+Each field's description is the README's configuration table (scripts/docs_config.py writes it)."""
 
 from __future__ import annotations
 
@@ -15,31 +17,68 @@ from model.repository import ModelRepository, RepositoryError
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIN_", extra="ignore")
 
-    models: Path = Path("models")  # the model repository; the service serves its `current` version
-    seed_bundle: Path | None = None  # published as the first version when the repository is empty
-    model_poll_seconds: float = Field(1.0, ge=0)  # re-read `current` this often; 0 = only /admin/reload
-    admin_token: SecretStr | None = None  # bearer token for /admin/*; unset = /admin/* disabled
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "din:"  # every key the service writes starts with this
-    history_cap: int = Field(100, ge=1, le=10_000)  # behaviours kept per user (the newest)
-    history_ttl_seconds: int = Field(90 * 24 * 3600, ge=0)  # idle users expire; 0 = never
-    redis_timeout_ms: float = Field(50, gt=0)  # per Redis call on the scoring path
-    redis_write_timeout_ms: float = Field(1000, gt=0)  # per write (/events, /profile); then 503
-    redis_breaker_failures: int = Field(1, ge=1)  # consecutive Redis failures that open the circuit
-    redis_breaker_reset_seconds: float = Field(0.5, ge=0)  # open this long, then one trial call
-    max_candidates: int = Field(1000, ge=1)
-    max_events: int = Field(1000, ge=1)  # per POST /events
-    max_body_bytes: int = Field(2_000_000, ge=1024)
-    explain_top: int = Field(5, ge=1)  # behaviours listed per item with explain=true
-    ort_intra_threads: int = Field(1, ge=0)  # onnxruntime threads per run (0 = all cores)
-    inference_threads: int = Field(1, ge=1)  # runs in flight at once, off the event loop (see README)
-    microbatch_wait_ms: float = Field(0, ge=0, le=50)  # > 0: requests arriving within this share a run
-    microbatch_max_requests: int = Field(8, ge=1)  # requests per shared run
-    max_queue_ms: float = Field(10, ge=0)  # 503 a /score request expected to wait longer; 0 = never
-    max_in_flight: int = Field(64, ge=1)  # hard cap on /score requests in flight per process
-    deadline_ms: float = Field(0, ge=0)  # drop a /score request not started within this; 0 = none
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    shutdown_drain_seconds: float = Field(0, ge=0)  # on SIGTERM, serve (not ready) this long first
+    models: Path = Field(
+        Path("models"),
+        description="model repository; the service serves the version its `current` pointer names",
+    )
+    seed_bundle: Path | None = Field(
+        None,
+        description="a bundle published as the first version when the repository is empty "
+        "(the Docker image's demo model)",
+    )
+    model_poll_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="re-read the pointer this often and hot-swap when it moves; 0 = only on `/admin/reload`",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for `/admin/*` (16+ characters); unset disables them"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="behaviour store")
+    key_prefix: str = Field("din:", description="prefix of every Redis key")
+    history_cap: int = Field(100, ge=1, le=10_000, description="behaviours kept per user")
+    history_ttl_seconds: int = Field(90 * 24 * 3600, ge=0, description="idle users expire; 0 = never")
+    redis_timeout_ms: float = Field(50, gt=0, description="per Redis call on the scoring path (no retries)")
+    redis_write_timeout_ms: float = Field(
+        1000, gt=0, description="per write (`/events`, `/profile`); then 503, nothing written"
+    )
+    redis_breaker_failures: int = Field(
+        1, ge=1, description="consecutive Redis failures that open the circuit breaker"
+    )
+    redis_breaker_reset_seconds: float = Field(
+        0.5, ge=0, description="the circuit stays open this long, then one trial call"
+    )
+    max_candidates: int = Field(1000, ge=1, description="candidates per `/score` request")
+    max_events: int = Field(1000, ge=1, description="events per `/events` request")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="request body size; larger is 413")
+    explain_top: int = Field(5, ge=1, description="behaviours listed per item with `explain`")
+    ort_intra_threads: int = Field(1, ge=0, description="onnxruntime threads per run")
+    inference_threads: int = Field(
+        1,
+        ge=1,
+        description="model runs in flight at once per worker (off the event loop; 1 leaves the other core "
+        "to the event loop)",
+    )
+    microbatch_wait_ms: float = Field(
+        0, ge=0, le=50, description="> 0: requests arriving within this window share one model run"
+    )
+    microbatch_max_requests: int = Field(8, ge=1, description="requests per shared run")
+    max_queue_ms: float = Field(
+        10,
+        ge=0,
+        description="a `/score` request expected to wait longer than this behind the ones in flight gets "
+        "503 + `Retry-After`; 0 = off",
+    )
+    max_in_flight: int = Field(64, ge=1, description="hard cap on `/score` requests in flight per worker")
+    deadline_ms: float = Field(
+        0, ge=0, description="drop a `/score` request with 503 if it has not started scoring within this"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="level of the service's own log lines"
+    )
+    shutdown_drain_seconds: float = Field(
+        0, ge=0, description="on SIGTERM, answer `/readyz` 503 but keep serving this long, then shut down"
+    )
 
     @field_validator("seed_bundle", "admin_token", mode="before")
     @classmethod
