@@ -25,7 +25,6 @@ from pathlib import Path
 from string import Template
 
 import numpy as np
-import orjson
 import pyarrow.csv as pacsv
 import redis
 
@@ -36,7 +35,7 @@ from model.bundle import load_bundle, session_options
 from model.export import export_bundle
 from model.repository import ModelRepository
 from service.features import build_feeds
-from service.keys import Keys
+from service.keys import Keys, decode_history
 
 REDIS_URL, PREFIX, L = "redis://127.0.0.1:6379/13", "bench:", 50
 LUA = Template("""
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         items = pacsv.read_csv(a.data / "items.csv.gz").to_pylist()
         rng = random.Random(0)
 
-        sample_hist = [orjson.loads(x) for x in client.lrange(keys.history(users[0]), 0, -1)]
+        sample_hist = decode_history(client.lrange(keys.history(users[0]), 0, -1))
         floors = {
             "redis_p50_ms": redis_floor(keys, users),
             "model_p50_ms": model_floor(tmp / "bundle", sample_hist, rng.sample(items, 200)),

@@ -24,6 +24,7 @@ import orjson
 import redis
 
 from benchutil import machine
+from service.keys import decode_history, encode_value
 
 URL, PREFIX, USERS, L = "redis://127.0.0.1:6379/13", "bench-store:", 2000, 50
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +40,10 @@ def write(client: redis.Redis, layout: str, h: np.ndarray) -> None:
     pipe = client.pipeline(transaction=False)
     for u in range(USERS):
         key = f"{PREFIX}{layout}:{u}"
-        if layout == "json-list":
+        if layout == "json-list":  # the service's own format
             pipe.rpush(
                 key,
-                *(orjson.dumps({"item_id": int(i), "category_id": int(c), "ts": int(t)}) for i, c, t in h[u]),
+                *(encode_value({"item_id": int(i), "category_id": int(c), "ts": int(t)}) for i, c, t in h[u]),
             )
         elif layout == "array-list":
             pipe.rpush(key, *(orjson.dumps([int(i), int(c), int(t)]) for i, c, t in h[u]))
@@ -60,10 +61,10 @@ def reader(client: redis.Redis, layout: str) -> Callable[[int], np.ndarray]:
             raw = pipe.execute()[0]
             return np.frombuffer(raw, dtype="<i8").reshape(-1, 3)[:, :2]
         pipe.lrange(key, -L, -1)
-        rows = [orjson.loads(r) for r in pipe.execute()[0]]
+        raws = pipe.execute()[0]
         if layout == "json-list":
-            return np.array([[r["item_id"], r["category_id"]] for r in rows])
-        return np.array([r[:2] for r in rows])
+            return np.array([[r["item_id"], r["category_id"]] for r in decode_history(raws)])
+        return np.array([orjson.loads(r)[:2] for r in raws])
 
     return read
 

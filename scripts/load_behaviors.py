@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow.csv as pacsv
 import redis
 from tqdm import tqdm
 
 from model.logs import IGNORED_PROFILE_COLUMNS, is_raw_log_dir, lookup, read_time_ordered
-from service.keys import Keys
+from service.keys import Keys, encode_profile, encode_value
 from service.settings import Settings
 
 DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
@@ -75,7 +74,7 @@ def users(log: Log, cap: int) -> Iterator[tuple[Any, list[bytes]]]:
     for s, e in zip(starts, ends, strict=True):
         s = max(s, e - cap)
         records = [
-            orjson.dumps({"item_id": _py(i), "category_id": _py(c), "ts": int(t)})
+            encode_value({"item_id": _py(i), "category_id": _py(c), "ts": int(t)})
             for i, c, t in zip(log.item[s:e], log.category[s:e], log.ts[s:e], strict=True)
         ]
         yield _py(log.user[s]), records
@@ -101,7 +100,7 @@ def load(
             pipe.expire(key, ttl)
         profile = log.profiles.get(user)
         if profile:
-            pipe.hset(keys.profile(user), mapping={f: orjson.dumps(v) for f, v in profile.items()})
+            pipe.hset(keys.profile(user), mapping=encode_profile(profile))
             if ttl:
                 pipe.expire(keys.profile(user), ttl)
         written += len(records)

@@ -21,7 +21,7 @@ from loadgen import Answer, Run, _Connection, open_loop, pct, post, run_load
 from model.export import export_bundle
 from rawfuzz import run_raw_fuzz
 from reliability import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, fmt, host_of, rss_mb
-from service.keys import Keys
+from service.keys import Keys, decode_history
 
 TARGETS = {
     "overload": "503s answered within 50 ms (p99); accepted p99 ≤ 30 ms; 0 other 5xx",
@@ -246,10 +246,10 @@ def events(suite: Suite, scale: float) -> dict[str, Any]:
         statuses = run_load(scenario(svc.url))
     seconds = time.monotonic() - t0
     stored = {
-        u: [json.loads(x)["item_id"] for x in client.lrange(keys.history(f"ev-{u}"), 0, -1)]
+        u: [r["item_id"] for r in decode_history(client.lrange(keys.history(f"ev-{u}"), 0, -1))]
         for u in range(users)
     }
-    capped = [json.loads(x)["item_id"] for x in client.lrange(keys.history("ev-cap"), 0, -1)]
+    capped = [r["item_id"] for r in decode_history(client.lrange(keys.history("ev-cap"), 0, -1))]
     client.close()
     sent = {(w * 1_000_000 + s) for w in range(writers) for s in range(per_writer)}
     got = [i for items in stored.values() for i in items]

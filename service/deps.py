@@ -10,11 +10,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.body import json_body
-from service.limits import Deadline
+from service.deadline import Deadline
 from service.metrics import Metrics
-from service.models import ModelSlot
+from service.model_slot import ModelSlot
+from service.runner import ModelRunner
 from service.schemas import EventsRequest, ProfileRequest, ScoreRequest
-from service.scorer import Scorer
 from service.settings import Settings
 from service.shutdown import Drain
 from service.store import BehaviorStore
@@ -28,9 +28,9 @@ async def get_models(request: Request) -> ModelSlot:
     return request.app.state.models
 
 
-async def get_scorer(request: Request) -> Scorer:
+async def get_runner(request: Request) -> ModelRunner:
     """The model serving now; the request keeps it even if a reload swaps in another."""
-    return request.app.state.models.scorer
+    return request.app.state.models.runner
 
 
 async def get_store(request: Request) -> BehaviorStore:
@@ -51,7 +51,7 @@ async def get_deadline(request: Request) -> Deadline | None:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelSlot, Depends(get_models)]
-ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+RunnerDep = Annotated[ModelRunner, Depends(get_runner)]
 StoreDep = Annotated[BehaviorStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]

@@ -7,7 +7,7 @@ echoed back (a raw body may not even be text).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -152,9 +152,12 @@ async def send_error(send: Send, exc: ServiceError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, on_error: Callable[[ServiceError], None] = lambda _: None) -> None:
+    """Maps every ServiceError to its answer, in one place; ``on_error`` sees each one (metrics)."""
+
     @app.exception_handler(ServiceError)
     async def handle(_: Request, exc: ServiceError) -> JSONResponse:
+        on_error(exc)
         return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
 
     @app.exception_handler(RequestValidationError)

@@ -1,4 +1,5 @@
-"""Redis key names, in one place. Values hold raw ids, so a new model version needs no rewrite.
+"""Redis key names and record formats, in one place. Values hold raw ids, so a new model version
+needs no rewrite.
 
 A user id is written into its keys as JSON, as every id in a value is: integer 42 is ``…:42`` and
 string "42" is ``…:"42"``, so the two stay different users (the rule of ``service.ids``).
@@ -6,9 +7,14 @@ string "42" is ``…:"42"``, so the two stay different users (the rule of ``serv
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 
 def user_part(user_id: int | str) -> str:
@@ -26,3 +32,27 @@ class Keys:
     def profile(self, user_id: int | str) -> str:
         """A hash of profile feature -> raw value as JSON (so 25 and "25" stay distinct)."""
         return f"{self.prefix}prof:{user_part(user_id)}"
+
+
+def encode_value(value: Any) -> bytes:
+    """A behaviour record (a JSON object of raw ids) or one profile value, as stored."""
+    return orjson.dumps(value)
+
+
+def decode_value(raw: bytes | str) -> Any:
+    """A stored value; one that is not JSON (written by hand, or damaged) reads as None, which the
+    caller skips or treats as a missing feature, instead of failing every request of that user."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        log.warning("skipping a stored value that is not JSON")
+        return None
+
+
+def decode_history(raws: Sequence[bytes | str]) -> list[dict[str, Any]]:
+    """A history list as stored, oldest first; records that are not JSON objects are skipped."""
+    return [r for r in map(decode_value, raws) if isinstance(r, dict)]
+
+
+def encode_profile(fields: Mapping[str, Any]) -> Mapping[Any, bytes]:  # Any: redis-py's key type
+    return {k: encode_value(v) for k, v in fields.items()}

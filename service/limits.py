@@ -10,12 +10,12 @@ the client's X-Deadline-Ms header); work that would start after it is dropped wi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import StandingQueue, WaitEstimate
-from service.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge, send_error
+from service.deadline import Deadline
+from service.errors import InvalidInput, Overloaded, PayloadTooLarge, send_error
 from service.metrics import Metrics
 
 DEADLINE_HEADER = b"x-deadline-ms"
@@ -51,16 +51,6 @@ class BodySizeLimit:
             await self.app(scope, limited, send)
         except PayloadTooLarge as e:
             await send_error(send, e)
-
-
-@dataclass(frozen=True)
-class Deadline:
-    expires_at: float  # time.monotonic()
-    budget_ms: float
-
-    def check(self, stage: str) -> None:
-        if time.monotonic() > self.expires_at:
-            raise DeadlineExceeded(f"the request's {self.budget_ms:g} ms deadline passed before {stage}")
 
 
 class AdmissionControl:

@@ -19,9 +19,9 @@ from service.errors import install_error_handlers
 from service.keys import Keys
 from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
-from service.models import ModelSlot
+from service.model_slot import ModelSlot
 from service.openapi import model_openapi
-from service.routes import admin, ops, scoring
+from service.routes import admin, behaviors, ops, score
 from service.settings import Settings
 from service.shutdown import Drain
 from service.store import BehaviorStore
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.drain = drain = Drain()
         drain.install(settings.shutdown_drain_seconds)
-        log.info("serving model %s from %s", models.scorer.version, settings.models)
+        log.info("serving model %s from %s", models.runner.version, settings.models)
         # Everything built so far lives as long as the process; moved out of the collector's
         # reach, it no longer makes each full collection a 30-60 ms pause of the event loop.
         gc.freeze()
@@ -113,9 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deadline_ms=settings.deadline_ms,
         metrics=metrics,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, metrics.count_error)
     app.openapi = model_openapi(app, settings)  # type: ignore[method-assign]
-    app.include_router(scoring.router)
+    app.include_router(score.router)
+    app.include_router(behaviors.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
     return app

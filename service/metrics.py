@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from service.errors import DeadlineExceeded
+
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by ``python -m service`` (service.__main__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -78,6 +80,11 @@ class Metrics:
             self.model_version.remove(self.version)
         self.version = version
         self.model_version.labels(version=version).set(1)
+
+    def count_error(self, error: Exception) -> None:
+        """Called for every error answer; a deadline that passed is a refusal like an overload."""
+        if isinstance(error, DeadlineExceeded):
+            self.rejected.labels(reason="deadline").inc()
 
     def scrape(self) -> bytes:
         """The text exposition: this app's registry, or every worker's files in multiprocess mode."""

@@ -88,15 +88,15 @@ def model_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, An
     cache: dict[str, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        scorer = app.state.models.scorer if hasattr(app.state, "models") else None
-        version = scorer.version if scorer is not None else ""
+        runner = app.state.models.runner if hasattr(app.state, "models") else None
+        version = runner.version if runner is not None else ""
         if version not in cache:
             spec = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             exact_bounds(spec)
-            if scorer is not None:
-                narrow(spec["paths"], scorer.bundle.space, settings)
+            if runner is not None:
+                narrow(spec["paths"], runner.bundle.space, settings)
                 spec["info"]["description"] += f" Request schemas are those of model {version}."
             cache.clear()
             cache[version] = spec

@@ -13,7 +13,7 @@ from service.ids import ANY_ID_SCHEMA, RawId, WholeNumber
 
 # A candidate ad: its feature ids by name. A plain mapping, not a model: validating a few hundred
 # model instances per request cost more than the model run. item_id and the model's other ad fields
-# are checked per column against the loaded schema (service.scoring.candidate_rows).
+# are checked per column against the loaded schema (service.ranking.candidate_rows).
 Candidate = Annotated[
     dict[str, RawId],
     WithJsonSchema(

@@ -10,9 +10,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.bundle import MANIFEST_FILE
-from model.repository import ModelRepository, RepositoryError
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIN_", extra="ignore")
@@ -86,14 +83,9 @@ class Settings(BaseSettings):
         return None if v == "" else v  # compose passes ${VAR:-} as an empty string
 
     @model_validator(mode="after")
-    def a_model_must_be_servable(self) -> Settings:
-        if self.seed_bundle is not None and not (self.seed_bundle / MANIFEST_FILE).is_file():
-            raise ValueError(f"DIN_SEED_BUNDLE={self.seed_bundle} is not a model bundle (no {MANIFEST_FILE})")
-        if self.seed_bundle is None:
-            try:
-                ModelRepository(self.models).current_path()
-            except RepositoryError as e:
-                raise ValueError(f"DIN_MODELS={self.models}: {e}") from e
+    def check_combinations(self) -> Settings:
+        """Only what the values themselves say; whether a model can be served is the model slot's
+        check at start-up (settings do no I/O)."""
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("DIN_ADMIN_TOKEN must be at least 16 characters")
         return self

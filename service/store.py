@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,7 +23,7 @@ from redis.exceptions import RedisError
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.ids import RawId
-from service.keys import Keys
+from service.keys import Keys, decode_history, decode_value, encode_profile, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +64,8 @@ class BehaviorStore:
             await _drop_idle_if_gone(self.client, e)
             return None
         self.breaker.success()
-        history = [r for r in map(_decode, replies[0]) if isinstance(r, dict)]
-        profile = {_text(k): _decode(v) for k, v in replies[1].items()} if with_profile else {}
+        history = decode_history(replies[0])
+        profile = {_text(k): decode_value(v) for k, v in replies[1].items()} if with_profile else {}
         return UserState(history, profile)
 
     async def append(self, events_by_user: Mapping[RawId, Sequence[dict[str, Any]]]) -> None:
@@ -74,14 +73,14 @@ class BehaviorStore:
         async with self._write() as pipe:
             for user_id, events in events_by_user.items():
                 key = self.keys.history(user_id)
-                pipe.rpush(key, *(orjson.dumps(e) for e in events))
+                pipe.rpush(key, *map(encode_value, events))
                 pipe.ltrim(key, -self.cap, -1)
                 if self.ttl:
                     pipe.expire(key, self.ttl)
 
     async def upsert_profile(self, user_id: RawId, fields: Mapping[str, RawId]) -> None:
         async with self._write() as pipe:
-            pipe.hset(self.keys.profile(user_id), mapping={k: orjson.dumps(v) for k, v in fields.items()})
+            pipe.hset(self.keys.profile(user_id), mapping=encode_profile(fields))
             if self.ttl:
                 pipe.expire(self.keys.profile(user_id), self.ttl)
 
@@ -121,16 +120,6 @@ async def _drop_idle_if_gone(client: aioredis.Redis, error: BaseException) -> No
             await client.connection_pool.disconnect(inuse_connections=False)
         except (RedisError, OSError) as e:
             log.warning("closing idle redis connections failed: %s", e)
-
-
-def _decode(raw: bytes) -> Any:
-    """A stored value; one that is not JSON (written by hand, or damaged) reads as None, which the
-    caller skips or treats as a missing feature, instead of failing every request of that user."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        log.warning("skipping a stored value that is not JSON")
-        return None
 
 
 def _text(v: bytes | str) -> str:

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.deps import ModelsDep, SettingsDep
 from service.errors import Disabled, Unauthorized, errors_of
-from service.models import ReloadReport
+from service.model_slot import ReloadReport
 
 bearer = HTTPBearer(auto_error=False, description="DIN_ADMIN_TOKEN")
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import DrainDep, MetricsDep, ModelsDep, ScorerDep, StoreDep
+from service.deps import DrainDep, MetricsDep, ModelsDep, RunnerDep, StoreDep
 
 router = APIRouter(tags=["operations"])
 
@@ -18,12 +18,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "draining for shutdown, or Redis unreachable"}})
-async def readyz(scorer: ScorerDep, store: StoreDep, drain: DrainDep) -> JSONResponse:
+async def readyz(runner: RunnerDep, store: StoreDep, drain: DrainDep) -> JSONResponse:
     """Ready when a model is loaded, Redis answers, and the process is not shutting down."""
     if drain.draining:
-        return JSONResponse({"model": scorer.version, "redis": "unknown", "status": "draining"}, 503)
+        return JSONResponse({"model": runner.version, "redis": "unknown", "status": "draining"}, 503)
     redis_ok = await store.ping()
-    body = {"model": scorer.version, "redis": "ok" if redis_ok else "unreachable"}
+    body = {"model": runner.version, "redis": "ok" if redis_ok else "unreachable"}
     return JSONResponse(body, status_code=200 if redis_ok else 503)
 
 

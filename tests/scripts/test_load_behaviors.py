@@ -1,24 +1,17 @@
 import gzip
-import uuid
 
 import orjson
 import pytest
 import redis
 
 from load_behaviors import main
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
+from tests.helpers import REDIS_URL, redis_prefix
 
 
 @pytest.fixture
 def prefix():
-    p = f"test:{uuid.uuid4().hex}:"
-    yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=f"{p}*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    with redis_prefix() as p:
+        yield p
 
 
 def test_loads_each_users_newest_behaviours_in_time_order_with_profiles(tmp_path, prefix):

@@ -16,20 +16,19 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
 from liveserver import ROOT, start_server, stop_server
 from model.bundle import MANIFEST_FILE
 from model.repository import ModelRepository
-from tests.service.test_models import drop_a_context_feature, flip_a_byte
+from tests.helpers import REDIS_URL, drop_a_context_feature, flip_a_byte, redis_prefix
 
 pytestmark = pytest.mark.slow
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 TOKEN = "redeploy-test-token-0123456789"
 TRAIN = ["--data", "synthetic", "--max-history", "20"]
 BODY = json.dumps({"user_id": 3, "candidates": [{"item_id": i, "category_id": i % 7} for i in range(20)]})
@@ -47,7 +46,11 @@ def deployment(trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     repo = ModelRepository(root / "models")
     repo.set_current(repo.publish(trained[1]))  # test-v1
-    prefix = f"test:{uuid.uuid4().hex}:"
+    with redis_prefix() as prefix:
+        yield from serve_deployment(repo, root, prefix)
+
+
+def serve_deployment(repo: ModelRepository, root: Path, prefix: str) -> Iterator[Deployment]:
     env = os.environ | {
         "DIN_MODELS": str(repo.root),
         "DIN_REDIS_URL": REDIS_URL,
@@ -64,11 +67,6 @@ def deployment(trained, tmp_path_factory):
         yield Deployment(repo, url, root / "work")
     finally:
         stop_server(server)
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=f"{prefix}*"))
-        if keys:
-            r.delete(*keys)
-        r.close()
 
 
 def redeploy(d: Deployment, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:

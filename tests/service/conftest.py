@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from model.repository import ModelRepository
 from service.main import create_app
 from service.settings import Settings
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
+from tests.helpers import REDIS_URL, redis_prefix
 
 
 @pytest.fixture
@@ -27,13 +24,10 @@ def models(trained, tmp_path) -> Path:
 
 @pytest.fixture
 def settings(models) -> Iterator[Settings]:
-    prefix = f"test:{uuid.uuid4().hex}:"
-    yield Settings(models=models, redis_url=REDIS_URL, key_prefix=prefix, history_cap=50, max_candidates=300)
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=f"{prefix}*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    with redis_prefix() as prefix:
+        yield Settings(
+            models=models, redis_url=REDIS_URL, key_prefix=prefix, history_cap=50, max_candidates=300
+        )
 
 
 def changed(settings: Settings, **changes) -> Settings:

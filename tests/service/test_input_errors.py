@@ -2,6 +2,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.model_slot import StartupError
 from service.settings import Settings
 
 OK_CANDIDATE = {"item_id": 1, "category_id": 1}
@@ -99,8 +100,21 @@ def test_malformed_json_and_oversized_bodies_are_refused(client, settings):
 
 
 def test_an_empty_model_repository_fails_at_start_up_with_the_variable_named(tmp_path):
-    with pytest.raises(ValueError, match=r"DIN_MODELS.*no current pointer"):
-        Settings(models=tmp_path)
+    settings = Settings(models=tmp_path, redis_url="redis://127.0.0.1:6379/15")  # settings read no files
+    with (
+        pytest.raises(StartupError, match=r"DIN_MODELS.*no current pointer"),
+        TestClient(create_app(settings)),
+    ):
+        pass
+
+
+def test_a_seed_that_is_not_a_bundle_fails_at_start_up_with_the_variable_named(tmp_path):
+    settings = Settings(models=tmp_path / "m", seed_bundle=tmp_path, redis_url="redis://127.0.0.1:6379/15")
+    with (
+        pytest.raises(StartupError, match=r"DIN_SEED_BUNDLE.*not a model bundle"),
+        TestClient(create_app(settings)),
+    ):
+        pass
 
 
 def test_a_short_admin_token_fails_at_start_up(models):

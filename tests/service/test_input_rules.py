@@ -6,20 +6,11 @@ import pytest
 import redis
 
 from service.keys import Keys
-
-from .conftest import REDIS_URL
+from tests.helpers import REDIS_URL, stored_keys
 
 BIG = 2**70
 OK = {"item_id": 1, "category_id": 1}
 ENDPOINTS = ("/score", "/events", "/profile")
-
-
-def stored_keys(settings) -> list[bytes]:
-    r = redis.Redis.from_url(REDIS_URL)
-    try:
-        return list(r.scan_iter(match=f"{settings.key_prefix}*"))
-    finally:
-        r.close()
 
 
 def history_length(client, user_id) -> int:
@@ -60,7 +51,7 @@ def test_integers_beyond_64_bits_are_a_422_naming_the_field_and_store_nothing(
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["body", *loc]
     assert str(BIG) not in r.text
-    assert stored_keys(settings) == []
+    assert stored_keys(settings.key_prefix) == []
 
 
 def test_the_largest_and_smallest_64_bit_ids_are_taken(client):
@@ -182,7 +173,7 @@ def test_score_coerces_nothing_and_refuses_unknown_fields(client, body, loc):
 def test_writes_coerce_nothing_refuse_unknown_fields_and_store_nothing(client, settings, path, body):
     r = client.post(path, json=body)
     assert r.status_code == 422, r.text
-    assert stored_keys(settings) == []
+    assert stored_keys(settings.key_prefix) == []
 
 
 def test_integer_and_string_user_ids_are_different_users(client):

@@ -93,3 +93,4 @@ def test_a_request_past_its_deadline_is_dropped_with_503_not_scored_late(client)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["detail"][0]["type"] == "deadline_exceeded"
     assert client.post("/score", json=OK_BODY, headers={"X-Deadline-Ms": "5000"}).status_code == 200
+    assert 'din_rejected_total{reason="deadline"} 1.0' in client.get("/metrics").text

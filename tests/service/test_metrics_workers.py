@@ -13,8 +13,7 @@ import pytest
 
 from liveserver import start_server, stop_server
 from model.repository import ModelRepository
-
-from .conftest import REDIS_URL
+from tests.helpers import REDIS_URL
 
 pytestmark = pytest.mark.slow
 N = 11

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from liveserver import ROOT, SERVE_COMMAND, free_port, wait_ready
-from tests.service.conftest import REDIS_URL
+from tests.helpers import REDIS_URL
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from service.breaker import CircuitBreaker
 from service.keys import Keys
 from service.metrics import Metrics
 from service.store import BehaviorStore
-from tests.service.conftest import REDIS_URL
+from tests.helpers import REDIS_URL
 
 
 def test_after_the_server_drops_its_connections_one_read_fails_and_the_next_ones_are_served_fresh():

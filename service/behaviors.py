@@ -10,20 +10,20 @@ from service.errors import InvalidInput
 from service.features import check_fields, check_known
 from service.ids import RawId
 from service.metrics import Metrics
+from service.runner import ModelRunner
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest, extra_fields
-from service.scorer import Scorer
 from service.settings import Settings
 from service.store import BehaviorStore
 
 
 async def append_events(
-    req: EventsRequest, scorer: Scorer, store: BehaviorStore, metrics: Metrics, settings: Settings
+    req: EventsRequest, runner: ModelRunner, store: BehaviorStore, metrics: Metrics, settings: Settings
 ) -> EventsResponse:
     if len(req.events) > settings.max_events:
         raise InvalidInput(
             f"at most {settings.max_events} events per request, got {len(req.events)}", ("body", "events")
         )
-    space = scorer.bundle.space
+    space = runner.bundle.space
     now = int(time.time())
     by_user: dict[RawId, list[dict[str, Any]]] = defaultdict(list)
     for i, e in enumerate(req.events):
@@ -36,7 +36,7 @@ async def append_events(
     return EventsResponse(appended=len(req.events), users=len(by_user))
 
 
-async def upsert_profile(req: ProfileRequest, scorer: Scorer, store: BehaviorStore) -> None:
-    space = scorer.bundle.space
+async def upsert_profile(req: ProfileRequest, runner: ModelRunner, store: BehaviorStore) -> None:
+    space = runner.bundle.space
     check_known(space, req.profile, space.schema.profile, ("body", "profile"))
     await store.upsert_profile(req.user_id, req.profile)

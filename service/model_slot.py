@@ -3,7 +3,7 @@
 is reported in /model, in the /admin/reload response and in din_model_reload_failing.
 
 The swap is one attribute assignment on the event loop. Requests that already hold the old
-Scorer finish on it; its session is freed when the last of them lets go.
+ModelRunner finish on it; its session is freed when the last of them lets go.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, Literal
 from model.bundle import Bundle, BundleError, load_bundle, session_options, smoke_feeds
 from model.repository import ModelRepository, RepositoryError
 from service.metrics import Metrics
-from service.scorer import Scorer
+from service.runner import ModelRunner
 from service.settings import Settings
 
-log = logging.getLogger("service.models")
+log = logging.getLogger("service.model_slot")
 
 Outcome = Literal["loaded", "unchanged", "failed"]
 
@@ -45,6 +45,10 @@ def warm_up(bundle: Bundle, max_candidates: int) -> None:
         bundle.run(smoke_feeds(bundle.space, n, bundle.max_history), with_attention=n == 1)
 
 
+class StartupError(Exception):
+    """The service cannot start serving; the message names the setting to change."""
+
+
 class ModelSlot:
     def __init__(self, settings: Settings, executor: ThreadPoolExecutor, metrics: Metrics):
         self.settings, self.executor, self.metrics = settings, executor, metrics
@@ -52,25 +56,34 @@ class ModelSlot:
         self.lock = asyncio.Lock()
         self.last: ReloadReport | None = None
         self.failed_version: str | None = None  # the poll does not retry it until the pointer moves
-        self._scorer: Scorer | None = None
+        self._runner: ModelRunner | None = None
         self._poll: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         # Loads run on their own low-priority thread, so a reload cannot starve the serving threads.
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="model-load", initializer=_lower_priority)
 
     @property
-    def scorer(self) -> Scorer:
-        if self._scorer is None:
+    def runner(self) -> ModelRunner:
+        if self._runner is None:
             raise RuntimeError("ModelSlot.start() has not run")
-        return self._scorer
+        return self._runner
 
     async def start(self) -> None:
-        """Loads the current version; at start-up a model that cannot be served is fatal."""
-        if self.settings.seed_bundle is not None and self.repository.current() is None:
-            seeded = self.repository.publish(self.settings.seed_bundle)
-            self.repository.set_current(seeded)
-            log.info("empty repository %s: published the seed bundle as %s", self.repository.root, seeded)
-        bundle = await self._in_loader(self.repository.current_path().name)
+        """Loads the current version; at start-up a model that cannot be served is fatal, with
+        the setting to change named."""
+        seed = self.settings.seed_bundle
+        try:
+            if seed is not None and self.repository.current() is None:
+                seeded = self.repository.publish(seed)
+                self.repository.set_current(seeded)
+                log.info("empty repository %s: published the seed bundle as %s", self.repository.root, seeded)
+        except RepositoryError as e:
+            raise StartupError(f"DIN_SEED_BUNDLE={seed}: {e}") from e
+        try:
+            version = self.repository.current_path().name
+        except RepositoryError as e:
+            raise StartupError(f"DIN_MODELS={self.settings.models}: {e}") from e
+        bundle = await self._in_loader(version)
         self._swap(bundle)
         if self.settings.model_poll_seconds > 0:
             self._poll = asyncio.create_task(self._poll_loop(), name="model-poll")
@@ -82,14 +95,14 @@ class ModelSlot:
                 await self._poll
         await asyncio.gather(*self._retiring, return_exceptions=True)
         self.loader.shutdown(wait=True)
-        if self._scorer is not None:
-            await self._scorer.stop()
+        if self._runner is not None:
+            await self._runner.stop()
 
     async def reload(self, force: bool = False) -> ReloadReport:
         """Serves the version the pointer names. Without ``force``, a version that already failed
         is not retried until the pointer names another."""
         async with self.lock:
-            serving = self.scorer.version
+            serving = self.runner.version
             try:
                 wanted = self.repository.current()
                 if wanted is None:
@@ -120,11 +133,11 @@ class ModelSlot:
         except RepositoryError as e:
             pointer = f"unreadable: {e}"
         return {
-            "version": self.scorer.version,
+            "version": self.runner.version,
             "pointer": pointer,
             "pid": os.getpid(),
             "last_reload": asdict(self.last) if self.last else None,
-            "manifest": self.scorer.bundle.manifest,
+            "manifest": self.runner.bundle.manifest,
         }
 
     async def _in_loader(self, version: str) -> Bundle:
@@ -143,9 +156,9 @@ class ModelSlot:
         return bundle
 
     def _swap(self, bundle: Bundle) -> None:
-        new = Scorer(bundle, self.executor, self.settings)
+        new = ModelRunner(bundle, self.executor, self.settings)
         new.start()
-        old, self._scorer = self._scorer, new
+        old, self._runner = self._runner, new
         self.failed_version = None
         self.metrics.set_model(bundle.version)
         if old is not None:
@@ -156,7 +169,7 @@ class ModelSlot:
     def _report(
         self, result: Literal["loaded", "failed"], attempted: str | None, error: str | None
     ) -> ReloadReport:
-        self.last = ReloadReport(result, self.scorer.version, attempted, error, _now())
+        self.last = ReloadReport(result, self.runner.version, attempted, error, _now())
         self.metrics.reloads.labels(result=result).inc()
         self.metrics.reload_failing.set(1 if result == "failed" else 0)
         return self.last

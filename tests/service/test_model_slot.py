@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, sha256
+from model.bundle import MANIFEST_FILE
 from model.repository import ModelRepository
 from service.main import create_app
+from tests.helpers import drop_a_context_feature, flip_a_byte
 from tests.service.conftest import changed
 
 TOKEN = "test-admin-token-0123456789"
@@ -58,7 +59,7 @@ def test_reload_swaps_in_the_version_the_pointer_names(admin_client, models, tra
     repo = ModelRepository(models)
     assert admin_client.post("/admin/reload", headers=AUTH).json()["result"] == "unchanged"
     repo.set_current(publish_copy(repo, trained[1], "test-v2", tmp_path))
-    old_scorer = admin_client.app.state.models.scorer
+    old_scorer = admin_client.app.state.models.runner
 
     r = admin_client.post("/admin/reload", headers=AUTH)
 
@@ -76,22 +77,6 @@ def test_reload_swaps_in_the_version_the_pointer_names(admin_client, models, tra
     assert 'din_model_reloads_total{result="loaded"} 1.0' in metrics
     assert 'din_model_info{version="test-v2"} 1.0' in metrics and "test-v1" not in metrics
     assert old_scorer.version == "test-v1"  # a request that held it is still scored by v1
-
-
-def flip_a_byte(folder: Path) -> None:
-    data = bytearray((folder / MODEL_FILE).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (folder / MODEL_FILE).write_bytes(bytes(data))
-
-
-def drop_a_context_feature(folder: Path) -> None:
-    """A consistent bundle (hashes match) whose graph no longer fits its schema."""
-    space = json.loads((folder / SPACE_FILE).read_text())
-    space["schema"]["context"] = space["schema"]["context"][:-1]
-    (folder / SPACE_FILE).write_text(json.dumps(space))
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    manifest["sha256"][SPACE_FILE] = sha256(folder / SPACE_FILE)
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,20 @@ from typing import Any
 
 import numpy as np
 
+from service.deadline import Deadline
 from service.errors import InvalidInput
 from service.features import check_column, check_known, default_context
-from service.limits import Deadline
 from service.metrics import Metrics
+from service.runner import ModelRunner
 from service.schemas import ScoreRequest
-from service.scorer import Scorer
 from service.settings import Settings
 from service.store import BehaviorStore
 
 
-def candidate_rows(req: ScoreRequest, scorer: Scorer, settings: Settings) -> list[dict[str, Any]]:
+def candidate_rows(req: ScoreRequest, runner: ModelRunner, settings: Settings) -> list[dict[str, Any]]:
     """The candidates, checked column by column against the model's ad fields (a few hundred
     candidates are a hot path); exact duplicates are scored and returned once."""
-    space, candidates = scorer.bundle.space, req.candidates
+    space, candidates = runner.bundle.space, req.candidates
     if len(candidates) > settings.max_candidates:
         raise InvalidInput(
             f"at most {settings.max_candidates} candidates per request, got {len(candidates)}",
@@ -43,7 +43,7 @@ def candidate_rows(req: ScoreRequest, scorer: Scorer, settings: Settings) -> lis
 
 async def score(
     req: ScoreRequest,
-    scorer: Scorer,
+    runner: ModelRunner,
     store: BehaviorStore,
     metrics: Metrics,
     settings: Settings,
@@ -52,13 +52,13 @@ async def score(
     """The response body (the ScoreResponse schema), built as plain data: per-item pydantic models
     cost more than the model run at a few hundred candidates."""
     t0 = time.perf_counter()
-    rows = candidate_rows(req, scorer, settings)
-    schema = scorer.bundle.space.schema
+    rows = candidate_rows(req, runner, settings)
+    schema = runner.bundle.space.schema
     if deadline is not None:
         deadline.check("reading the user")
     t_read = time.perf_counter()
     state = await store.read(
-        req.user_id, limit=scorer.bundle.max_history, with_profile=req.user is None and bool(schema.profile)
+        req.user_id, limit=runner.bundle.max_history, with_profile=req.user is None and bool(schema.profile)
     )
     t_redis = time.perf_counter()
     metrics.stage_seconds.labels(stage="redis").observe(t_redis - t_read)
@@ -67,10 +67,10 @@ async def score(
     history = state.history if state else []
     profile = req.user if req.user is not None else (state.profile if state else {})
     context = {**default_context(), **(req.context or {})}
-    body = {"model_version": scorer.version, "user_id": req.user_id, "degraded": state is None}
+    body = {"model_version": runner.version, "user_id": req.user_id, "degraded": state is None}
     if not rows:
         return body | {"history_length": len(history), "items": []}
-    ctr, attention = await scorer.run(history, profile, context, rows, req.explain, deadline)
+    ctr, attention = await runner.run(history, profile, context, rows, req.explain, deadline)
     t_model = time.perf_counter()
     metrics.stage_seconds.labels(stage="model").observe(t_model - t_redis)
     metrics.candidates.observe(len(rows))

@@ -14,13 +14,13 @@ import numpy as np
 
 from model.bundle import Bundle
 from service.batcher import Feeds, MicroBatcher, RunFn
+from service.deadline import Deadline
 from service.features import build_feeds
-from service.limits import Deadline
 from service.settings import Settings
 
 
-class Scorer:
-    """One loaded model. Never changes once built: a hot swap builds a new Scorer, and a request
+class ModelRunner:
+    """One loaded model. Never changes once built: a hot swap builds a new ModelRunner, and a request
     keeps the one it started with, so it is scored, ranked and labelled by a single version."""
 
     def __init__(self, bundle: Bundle, executor: ThreadPoolExecutor, settings: Settings):
