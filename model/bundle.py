@@ -22,11 +22,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from model.feeds import OUTPUTS, Feeds, signature, smoke
 from model.schema import FeatureSpace
 
 MODEL_FILE, SPACE_FILE, MANIFEST_FILE = "model.onnx", "space.json", "manifest.json"
-INPUTS = ("profile", "context", "history", "history_len", "candidate", "request_index")
-OUTPUTS = ("ctr", "attention")
 
 
 class BundleError(Exception):
@@ -48,24 +47,8 @@ class Bundle:
     def max_history(self) -> int:
         return int(self.manifest["max_history"])
 
-    def run(self, feeds: dict[str, np.ndarray], with_attention: bool = False) -> list[np.ndarray]:
-        return self.session.run(list(OUTPUTS) if with_attention else ["ctr"], feeds)
-
-
-def signature(space: FeatureSpace) -> dict[str, Any]:
-    """Input and output names, dtypes and shapes the schema implies (symbolic dims as strings)."""
-    s = space.schema
-    return {
-        "inputs": {
-            "profile": ["int64", ["R", len(s.profile)]],
-            "context": ["int64", ["R", len(s.context)]],
-            "history": ["int64", ["R", "L", len(s.behavior)]],
-            "history_len": ["int64", ["R"]],
-            "candidate": ["int64", ["N", len(s.behavior)]],
-            "request_index": ["int64", ["N"]],
-        },
-        "outputs": {"ctr": ["float32", ["N"]], "attention": ["float32", ["N", "L"]]},
-    }
+    def run(self, feeds: Feeds, with_attention: bool = False) -> list[np.ndarray]:
+        return self.session.run(list(OUTPUTS) if with_attention else ["ctr"], feeds._asdict())
 
 
 def sha256(path: Path) -> str:
@@ -81,19 +64,6 @@ def session_options(intra_threads: int = 0, inter_threads: int = 1) -> ort.Sessi
     # Idle pool threads would otherwise spin between runs, on the cores the event loop needs.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
-
-
-def smoke_feeds(space: FeatureSpace, n_candidates: int = 2, history: int = 1) -> dict[str, np.ndarray]:
-    """One request of ``n_candidates`` and ``history`` behaviours, every id "unknown"."""
-    s = space.schema
-    return {
-        "profile": np.ones((1, len(s.profile)), dtype=np.int64),
-        "context": np.ones((1, len(s.context)), dtype=np.int64),
-        "history": np.ones((1, history, len(s.behavior)), dtype=np.int64),
-        "history_len": np.full(1, history, dtype=np.int64),
-        "candidate": np.ones((n_candidates, len(s.behavior)), dtype=np.int64),
-        "request_index": np.zeros(n_candidates, dtype=np.int64),
-    }
 
 
 def load_bundle(path: str | Path, options: ort.SessionOptions | None = None) -> Bundle:
@@ -122,14 +92,14 @@ def load_bundle(path: str | Path, options: ort.SessionOptions | None = None) -> 
         raise BundleError(f"{path}: onnxruntime cannot load {MODEL_FILE}: {e}") from e
     _check_signature(path, session, space)
     bundle = Bundle(path, space, manifest, session)
-    ctr, attention = bundle.run(smoke_feeds(space), with_attention=True)
+    ctr, attention = bundle.run(smoke(space.schema), with_attention=True)
     if ctr.shape != (2,) or not np.all((ctr > 0) & (ctr < 1)) or attention.shape != (2, 1):
         raise BundleError(f"{path}: smoke inference gave ctr {ctr!r}, expected 2 probabilities")
     return bundle
 
 
 def _check_signature(path: Path, session: ort.InferenceSession, space: FeatureSpace) -> None:
-    want = signature(space)
+    want = signature(space.schema)
     got_in = {i.name: i for i in session.get_inputs()}
     got_out = {o.name: o for o in session.get_outputs()}
     if set(got_in) != set(want["inputs"]) or set(got_out) != set(want["outputs"]):

@@ -207,17 +207,24 @@ class DIN(nn.Module):
         return ids
 
 
+def pooling_weights(pooling: str, history_len: Tensor) -> Tensor:
+    """BaseModel: the weight of every behaviour of each sample, [B]: 1 for sum pooling, 1 / the
+    history's length for mean pooling. Training, the serving graph and export's reference all
+    pool through this one definition."""
+    if pooling == "sum":
+        return torch.ones_like(history_len, dtype=torch.float32)
+    if pooling == "mean":
+        return 1 / history_len.clamp(min=1).float()
+    raise ValueError(f"base_pooling must be 'sum' or 'mean', got {pooling!r}")
+
+
 class BaseModel(DIN):
     """The paper's BaseModel: the same embeddings and MLP, with sum (or mean) pooling of behaviours."""
 
     def pool_behaviors(self, e: Tensor, rows: Tensor, v: Tensor) -> Tensor:
-        pooled = v.new_zeros(v.shape).index_add_(0, rows, e)  # [B, FD]
-        if self.cfg.base_pooling == "sum":
-            return pooled
-        if self.cfg.base_pooling == "mean":
-            n = torch.bincount(rows, minlength=v.shape[0]).clamp(min=1)
-            return pooled / n.unsqueeze(1)
-        raise ValueError(f"base_pooling must be 'sum' or 'mean', got {self.cfg.base_pooling!r}")
+        lengths = torch.bincount(rows, minlength=v.shape[0])  # [B]
+        weight = pooling_weights(self.cfg.base_pooling, lengths)[rows].unsqueeze(1)  # [n_behaviours, 1]
+        return v.new_zeros(v.shape).index_add_(0, rows, e * weight)  # [B, FD]
 
 
 def build_model(cfg: DINConfig, space: FeatureSpace) -> DIN:

@@ -27,32 +27,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from model.bundle import (
-    INPUTS,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    OUTPUTS,
-    SPACE_FILE,
-    load_bundle,
-    session_options,
-    sha256,
-    signature,
-)
-from model.din import DIN, BaseModel, Batch, Checkpoint
+from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, load_bundle, session_options, sha256
+from model.din import DIN, BaseModel, Batch, Checkpoint, pooling_weights
+from model.feeds import INPUTS, OUTPUTS, Feeds, Inputs, dynamic_axes, signature
 from model.schema import FeatureSpace
 from model.serving import ServingGraph, ServingInputs
 
 DEFAULT_OPSET = 18
-DYNAMIC_AXES = {
-    "profile": {0: "R"},
-    "context": {0: "R"},
-    "history": {0: "R", 1: "L"},
-    "history_len": {0: "R"},
-    "candidate": {0: "N"},
-    "request_index": {0: "N"},
-    "ctr": {0: "N"},
-    "attention": {0: "N", 1: "L"},
-}
 
 
 def random_inputs(
@@ -99,10 +80,7 @@ def reference(model: DIN, x: ServingInputs) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = mask.nonzero(as_tuple=True)
         attention = torch.zeros(n, width)
         if isinstance(model, BaseModel):
-            per = (
-                1 / b.history_len.clamp(min=1).float() if model.cfg.base_pooling == "mean" else torch.ones(n)
-            )
-            attention[rows, cols] = per[rows]
+            attention[rows, cols] = pooling_weights(model.cfg.base_pooling, b.history_len)[rows]
         else:
             v = model.embed_fields(b.candidate, model.schema.behavior)
             e = model.embed_fields(b.history[rows, cols], model.schema.behavior)
@@ -126,10 +104,15 @@ def parity_cases(space: FeatureSpace, max_history: int) -> dict[str, ServingInpu
     }
 
 
+def as_feeds(x: ServingInputs) -> Feeds:
+    """The same inputs as onnxruntime takes them."""
+    return Inputs(*(t.numpy() for t in x))
+
+
 def measure_parity(model: DIN, session: ort.InferenceSession, max_history: int) -> dict[str, float]:
     errors = {"ctr": 0.0, "attention": 0.0}
     for name, x in parity_cases(model.space, max_history).items():
-        ctr, attention = session.run(list(OUTPUTS), {k: v.numpy() for k, v in zip(INPUTS, x, strict=True)})
+        ctr, attention = session.run(list(OUTPUTS), as_feeds(x)._asdict())
         ref_ctr, ref_attention = reference(model, x)
         if not (np.isfinite(ctr).all() and np.isfinite(attention).all()):
             raise ValueError(f"parity case {name!r}: onnxruntime produced NaN or inf")
@@ -153,7 +136,7 @@ def export_onnx(model: DIN, path: Path, opset: int = DEFAULT_OPSET) -> None:
             str(path),
             input_names=list(INPUTS),
             output_names=list(OUTPUTS),
-            dynamic_axes=DYNAMIC_AXES,
+            dynamic_axes=dynamic_axes(),
             opset_version=opset,
             external_data=False,
             dynamo=True,
@@ -193,7 +176,7 @@ def export_bundle(
             "model": ckpt.config.to_dict(),
             "max_history": max_history,
             "opset": opset,
-            "signature": signature(ckpt.space),
+            "signature": signature(ckpt.space.schema),
             "parity_max_abs_error": parity,
             "sha256": {name: sha256(tmp / name) for name in (MODEL_FILE, SPACE_FILE)},
         }

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from model.bundle import Bundle
 from model.data import encode
+from model.feeds import one_candidate_per_request
 from model.metrics import evaluate
 
 
@@ -22,15 +23,9 @@ def predict_bundle(bundle: Bundle, table: pa.Table, chunk: int = 4096) -> np.nda
     out = []
     for s in range(0, len(x), chunk):
         e = min(s + chunk, len(x))
-        width = max(int(x.history_len[s:e].max(initial=0)), 1)
-        feeds = {
-            "profile": x.profile[s:e],
-            "context": x.context[s:e],
-            "history": x.history[s:e, :width].astype(np.int64),
-            "history_len": x.history_len[s:e],
-            "candidate": x.candidate[s:e],
-            "request_index": np.arange(e - s, dtype=np.int64),
-        }
+        feeds = one_candidate_per_request(
+            x.profile[s:e], x.context[s:e], x.history[s:e], x.history_len[s:e], x.candidate[s:e]
+        )
         out.append(bundle.run(feeds)[0])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 

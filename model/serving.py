@@ -36,22 +36,14 @@ request's history, so there the history is gathered per candidate instead.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.din import DIN, MLP, BaseModel, Dice
+from model.din import DIN, MLP, BaseModel, Dice, pooling_weights
+from model.feeds import Inputs
 
-
-class ServingInputs(NamedTuple):  # the order of model.bundle.INPUTS
-    profile: Tensor  # [R, P] int64
-    context: Tensor  # [R, C] int64
-    history: Tensor  # [R, L, F] int64, PAD after history_len
-    history_len: Tensor  # [R] int64
-    candidate: Tensor  # [N, F] int64
-    request_index: Tensor  # [N] int64, the request each candidate belongs to
+ServingInputs = Inputs[Tensor]  # the serving contract (model.feeds) as torch tensors, for export
 
 
 class FrozenDice(nn.Module):
@@ -206,9 +198,8 @@ class ServingGraph(nn.Module):
         self, e: Tensor, mask: Tensor, history_len: Tensor, request_index: Tensor
     ) -> tuple[Tensor, Tensor]:
         """BaseModel: sum or mean pooling, as v_U [N, FD] and weights [N, L]."""
-        weight = mask[request_index].float()
-        if self.cfg.base_pooling == "mean":
-            weight = weight / history_len[request_index].clamp(min=1).unsqueeze(1).float()
+        per_request = pooling_weights(self.cfg.base_pooling, history_len)  # [R]
+        weight = mask[request_index].float() * per_request[request_index].unsqueeze(1)  # [N, L]
         return (weight.unsqueeze(1) @ e[request_index]).squeeze(1), weight
 
     def attend_one(self, e: Tensor, v: Tensor, mask: Tensor, request_index: Tensor) -> tuple[Tensor, Tensor]:

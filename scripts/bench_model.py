@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from benchutil import machine, replace_readme_block
-from model.bundle import INPUTS, session_options
+from model.bundle import session_options
 from model.din import DIN, Batch, Checkpoint, DINConfig
-from model.export import export_onnx, random_inputs, tile
+from model.export import as_feeds, export_onnx, random_inputs, tile
 from model.serving import ServingInputs
 from model.train import TrainConfig, run
 from service.settings import Settings
@@ -145,7 +145,7 @@ def bench(
         for n, length in grid:
             x: ServingInputs = random_inputs(model.space, [length], [n], length, seed=n + length)
             b = tile(x)
-            feeds_serving = {k: v.numpy() for k, v in zip(INPUTS, x, strict=True)}
+            feeds_serving = as_feeds(x)._asdict()
             feeds_tiled = {k: v.numpy() for k, v in zip(b._fields, b, strict=True)}
 
             def eager(b: Batch = b) -> object:
@@ -188,7 +188,7 @@ def bench(
 def tune(model: DIN, workdir: Path, runs: int) -> list[dict]:
     """Serving graph at N = 200, L = 50 across opsets, optimisation levels and thread counts."""
     x = random_inputs(model.space, [50], [200], 50, seed=7)
-    feeds = {k: v.numpy() for k, v in zip(INPUTS, x, strict=True)}
+    feeds = as_feeds(x)._asdict()
     levels = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

@@ -34,7 +34,7 @@ from load_behaviors import load, read_log
 from model.bundle import load_bundle, session_options
 from model.export import export_bundle
 from model.repository import ModelRepository
-from service.features import build_feeds
+from service.features import build_feeds, encode_rows
 from service.keys import Keys, decode_history
 
 REDIS_URL, PREFIX, L = "redis://127.0.0.1:6379/13", "bench:", 50
@@ -108,7 +108,9 @@ def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
 
 def model_floor(bundle_dir: Path, history: list[dict], candidates: list[dict], runs: int = 500) -> float:
     bundle = load_bundle(bundle_dir, session_options(1))
-    feeds = build_feeds(bundle.space, history[-bundle.max_history :], {}, {}, candidates)
+    behavior = bundle.space.schema.behavior
+    encoded = encode_rows(bundle.space, candidates, behavior)
+    feeds = build_feeds(bundle.space, history[-bundle.max_history :], {}, {}, encoded)
     for _ in range(50):
         bundle.run(feeds)
     times = []

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import redis
 
+from harness import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, fmt, host_of, rss_mb
 from liveserver import ROOT
 from loadgen import Answer, Run, _Connection, open_loop, pct, post, run_load
 from model.export import export_bundle
 from rawfuzz import run_raw_fuzz
-from reliability import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, fmt, host_of, rss_mb
 from service.keys import Keys, decode_history
 
 TARGETS = {

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.schema import PAD
+from model.feeds import Feeds, concat, split
 
-Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds, bool], list[np.ndarray]]
 
 
@@ -26,39 +25,6 @@ class _Pending:
     feeds: Feeds  # R = 1 feeds of one request
     explain: bool
     future: asyncio.Future[list[np.ndarray]] = field(repr=False)
-
-
-def merge(feeds: list[Feeds]) -> Feeds:
-    """Concatenates R = 1 feeds into one R = len(feeds) feed; histories are padded to the longest."""
-    width = max(f["history"].shape[1] for f in feeds)
-    histories = []
-    for f in feeds:
-        h = f["history"]
-        pad = np.full((1, width - h.shape[1], h.shape[2]), PAD, dtype=h.dtype)
-        histories.append(np.concatenate([h, pad], axis=1))
-    return {
-        "profile": np.concatenate([f["profile"] for f in feeds]),
-        "context": np.concatenate([f["context"] for f in feeds]),
-        "history": np.concatenate(histories),
-        "history_len": np.concatenate([f["history_len"] for f in feeds]),
-        "candidate": np.concatenate([f["candidate"] for f in feeds]),
-        "request_index": np.concatenate(
-            [np.full(len(f["candidate"]), r, dtype=np.int64) for r, f in enumerate(feeds)]
-        ),
-    }
-
-
-def split(outputs: list[np.ndarray], feeds: list[Feeds]) -> list[list[np.ndarray]]:
-    """Per-request outputs of a merged run; attention is cut back to each request's own width."""
-    ends = np.cumsum([len(f["candidate"]) for f in feeds])
-    starts = np.r_[0, ends[:-1]]
-    result = []
-    for f, s, e in zip(feeds, starts, ends, strict=True):
-        per = [outputs[0][s:e]]
-        if len(outputs) > 1:
-            per.append(outputs[1][s:e, : f["history"].shape[1]])
-        result.append(per)
-    return result
 
 
 class MicroBatcher:
@@ -111,7 +77,7 @@ class MicroBatcher:
     async def _loop(self) -> None:
         while True:
             self.open = batch = [await self.queue.get()]  # visible to stop() while it fills
-            n = len(batch[0].feeds["candidate"])
+            n = len(batch[0].feeds.candidate)
             deadline = asyncio.get_running_loop().time() + self.max_wait
             while len(batch) < self.max_requests and n < self.max_candidates:
                 timeout = deadline - asyncio.get_running_loop().time()
@@ -122,7 +88,7 @@ class MicroBatcher:
                 except TimeoutError:
                     break
                 batch.append(item)
-                n += len(item.feeds["candidate"])
+                n += len(item.feeds.candidate)
             await self.slots.acquire()  # at most `concurrency` runs in flight
             task = asyncio.create_task(self._run(batch))
             self.open = []
@@ -134,7 +100,7 @@ class MicroBatcher:
             explain = any(p.explain for p in batch)
             feeds = [p.feeds for p in batch]
             try:
-                outputs = await self.submit(self.run, merge(feeds) if len(feeds) > 1 else feeds[0], explain)
+                outputs = await self.submit(self.run, concat(feeds) if len(feeds) > 1 else feeds[0], explain)
                 self.batches += 1
                 for p, out in zip(batch, split(outputs, feeds), strict=True):
                     if not p.future.done():

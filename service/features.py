@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from model.schema import PAD, FeatureSpace
+from model.feeds import Feeds, one_request
+from model.schema import FeatureSpace
 from service.errors import InvalidInput
 from service.ids import INT_MAX, INT_MIN
 
@@ -100,20 +101,15 @@ def build_feeds(
     history: Sequence[Mapping[str, Any]],
     profile: Mapping[str, Any],
     context: Mapping[str, Any],
-    candidates: Sequence[Mapping[str, Any]],
-) -> dict[str, np.ndarray]:
-    """Feeds for one request (R = 1). The caller keeps the history within the model's max_history
-    (the store reads no more); it is padded to at least one slot."""
+    candidates: np.ndarray,
+) -> Feeds:
+    """Feeds for one request (R = 1); ``candidates`` are already index rows [N, F] (encoded when
+    they were checked). The caller keeps the history within the model's max_history (the store
+    reads no more)."""
     s = space.schema
-    hist = encode_rows(space, history, s.behavior)  # [L, F]
-    width = max(len(history), 1)
-    padded = np.full((1, width, len(s.behavior)), PAD, dtype=np.int64)
-    padded[0, : len(history)] = hist
-    return {
-        "profile": encode_rows(space, [profile], s.profile),
-        "context": encode_rows(space, [context], s.context),
-        "history": padded,
-        "history_len": np.array([len(history)], dtype=np.int64),
-        "candidate": encode_rows(space, candidates, s.behavior),
-        "request_index": np.zeros(len(candidates), dtype=np.int64),
-    }
+    return one_request(
+        encode_rows(space, [profile], s.profile)[0],
+        encode_rows(space, [context], s.context)[0],
+        encode_rows(space, history, s.behavior),
+        candidates,
+    )

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from model.bundle import Bundle, BundleError, load_bundle, session_options, smoke_feeds
+from model.bundle import Bundle, BundleError, load_bundle, session_options
+from model.feeds import smoke
 from model.repository import ModelRepository, RepositoryError
 from service.metrics import Metrics
 from service.runner import ModelRunner
@@ -42,7 +43,7 @@ def warm_up(bundle: Bundle, max_candidates: int) -> None:
     """Runs the shapes real traffic brings, so the first requests after a swap do not pay
     onnxruntime's first-run allocations."""
     for n in sorted({1, min(50, max_candidates), min(200, max_candidates)}):
-        bundle.run(smoke_feeds(bundle.space, n, bundle.max_history), with_attention=n == 1)
+        bundle.run(smoke(bundle.space.schema, n, bundle.max_history), with_attention=n == 1)
 
 
 class StartupError(Exception):

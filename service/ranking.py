@@ -9,7 +9,7 @@ import numpy as np
 
 from service.deadline import Deadline
 from service.errors import InvalidInput
-from service.features import check_column, check_known, default_context
+from service.features import check_column, check_known, default_context, encode_column
 from service.metrics import Metrics
 from service.runner import ModelRunner
 from service.schemas import ScoreRequest
@@ -17,9 +17,12 @@ from service.settings import Settings
 from service.store import BehaviorStore
 
 
-def candidate_rows(req: ScoreRequest, runner: ModelRunner, settings: Settings) -> list[dict[str, Any]]:
-    """The candidates, checked column by column against the model's ad fields (a few hundred
-    candidates are a hot path); exact duplicates are scored and returned once."""
+def candidate_rows(
+    req: ScoreRequest, runner: ModelRunner, settings: Settings
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The candidates and their index rows [N, F], checked and encoded in one pass over each of the
+    model's ad fields (a few hundred candidates are a hot path), before anything is read; exact
+    duplicates are scored and returned once."""
     space, candidates = runner.bundle.space, req.candidates
     if len(candidates) > settings.max_candidates:
         raise InvalidInput(
@@ -33,12 +36,16 @@ def candidate_rows(req: ScoreRequest, runner: ModelRunner, settings: Settings) -
         check_known(space, req.context, space.schema.context, ("body", "context"))
     if req.user is not None:
         check_known(space, req.user, space.schema.profile, ("body", "user"))
+    encoded = np.stack(
+        [encode_column(space, n, c) for n, c in zip(space.schema.behavior, columns, strict=True)], 1
+    )
     first: dict[tuple[Any, ...], int] = {}
     for i, key in enumerate(zip(*columns, strict=True)):
         first.setdefault(key, i)
-    if not columns or len(first) == len(candidates):
-        return candidates
-    return [candidates[i] for i in first.values()]
+    if len(first) == len(candidates):
+        return candidates, encoded
+    keep = list(first.values())
+    return [candidates[i] for i in keep], encoded[keep]
 
 
 async def score(
@@ -52,7 +59,7 @@ async def score(
     """The response body (the ScoreResponse schema), built as plain data: per-item pydantic models
     cost more than the model run at a few hundred candidates."""
     t0 = time.perf_counter()
-    rows = candidate_rows(req, runner, settings)
+    rows, encoded = candidate_rows(req, runner, settings)
     schema = runner.bundle.space.schema
     if deadline is not None:
         deadline.check("reading the user")
@@ -70,7 +77,7 @@ async def score(
     body = {"model_version": runner.version, "user_id": req.user_id, "degraded": state is None}
     if not rows:
         return body | {"history_length": len(history), "items": []}
-    ctr, attention = await runner.run(history, profile, context, rows, req.explain, deadline)
+    ctr, attention = await runner.run(history, profile, context, encoded, req.explain, deadline)
     t_model = time.perf_counter()
     metrics.stage_seconds.labels(stage="model").observe(t_model - t_redis)
     metrics.candidates.observe(len(rows))

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from model.bundle import Bundle
-from service.batcher import Feeds, MicroBatcher, RunFn
+from model.feeds import Feeds
+from service.batcher import MicroBatcher, RunFn
 from service.deadline import Deadline
 from service.features import build_feeds
 from service.settings import Settings
@@ -56,7 +57,7 @@ class ModelRunner:
         history: list[dict[str, Any]],
         profile: dict[str, Any],
         context: dict[str, Any],
-        candidates: list[dict[str, Any]],
+        candidates: np.ndarray,
         explain: bool,
         deadline: Deadline | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:

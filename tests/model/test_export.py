@@ -7,6 +7,7 @@ import pytest
 from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, BundleError, load_bundle, sha256
 from model.din import DINConfig
 from model.export import main
+from model.feeds import one_request
 from model.train import TrainConfig, run
 
 
@@ -47,14 +48,12 @@ def test_a_loaded_bundle_scores_one_user_against_many_candidates(bundle):
     s = b.space.schema
     item = b.space.vocabs["item_id"].encode(np.array([3, 4, 5, 999_999]))
     cat = b.space.vocabs["category_id"].encode(np.array([1, 1, 2, 2]))
-    feeds = {
-        "profile": np.ones((1, len(s.profile)), dtype=np.int64),
-        "context": np.ones((1, len(s.context)), dtype=np.int64),
-        "history": np.stack([item[:2], cat[:2]], 1)[None],
-        "history_len": np.array([2]),
-        "candidate": np.stack([item, cat], 1),
-        "request_index": np.zeros(4, dtype=np.int64),
-    }
+    feeds = one_request(
+        np.ones(len(s.profile), dtype=np.int64),
+        np.ones(len(s.context), dtype=np.int64),
+        np.stack([item[:2], cat[:2]], 1),
+        np.stack([item, cat], 1),
+    )
     ctr, attention = b.run(feeds, with_attention=True)
     assert ctr.shape == (4,) and attention.shape == (4, 2) and np.all((ctr > 0) & (ctr < 1))
 

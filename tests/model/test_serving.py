@@ -5,9 +5,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model.bundle import INPUTS, OUTPUTS
 from model.din import DINConfig, build_model
-from model.export import export_onnx, parity_cases, random_inputs, reference
+from model.export import as_feeds, export_onnx, parity_cases, random_inputs, reference
+from model.feeds import OUTPUTS
 from model.schema import FeatureSpace
 from model.serving import ServingGraph, fold_norm_into_linear
 from tests.model.conftest import make_space, random_batch
@@ -60,7 +60,7 @@ def exported(request, tmp_path_factory):
 
 
 def run(session: ort.InferenceSession, x) -> list[np.ndarray]:
-    return session.run(list(OUTPUTS), {k: v.numpy() for k, v in zip(INPUTS, x, strict=True)})
+    return session.run(list(OUTPUTS), as_feeds(x)._asdict())
 
 
 @pytest.mark.parametrize("case", list(parity_cases(make_space(), MAX_HISTORY)))

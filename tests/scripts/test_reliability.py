@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliability import prepare
+from harness import prepare
 from scenarios import SCENARIOS
 
 pytestmark = pytest.mark.slow

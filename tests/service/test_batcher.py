@@ -7,8 +7,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from model.bundle import load_bundle
-from service.batcher import MicroBatcher, merge, split
-from service.features import build_feeds
+from model.feeds import concat, split
+from service.batcher import MicroBatcher
+from service.features import build_feeds, encode_rows
 from service.main import create_app
 
 
@@ -16,7 +17,8 @@ def request_feeds(bundle, seed: int, n: int, length: int):
     rng = np.random.default_rng(seed)
     hist = [{"item_id": int(i), "category_id": int(i % 50)} for i in rng.integers(0, 2000, length)]
     cands = [{"item_id": int(i), "category_id": int(i % 50)} for i in rng.integers(0, 2000, n)]
-    return build_feeds(bundle.space, hist, {"age": 25, "gender": "F"}, {"hour": 3, "weekday": 1}, cands)
+    encoded = encode_rows(bundle.space, cands, bundle.space.schema.behavior)
+    return build_feeds(bundle.space, hist, {"age": 25, "gender": "F"}, {"hour": 3, "weekday": 1}, encoded)
 
 
 def test_merged_runs_equal_separate_runs(trained):
@@ -25,7 +27,7 @@ def test_merged_runs_equal_separate_runs(trained):
         request_feeds(bundle, s, n, length)
         for s, n, length in [(1, 5, 0), (2, 30, 20), (3, 1, 7), (4, 12, 3)]
     ]
-    merged = bundle.run(merge(feeds), with_attention=True)
+    merged = bundle.run(concat(feeds), with_attention=True)
     for alone, together in zip(
         [bundle.run(f, with_attention=True) for f in feeds], split(merged, feeds), strict=True
     ):
@@ -60,10 +62,10 @@ def test_requests_arriving_together_share_runs_and_get_their_own_scores(trained)
 def test_a_failing_request_gets_its_own_error_and_its_batch_mates_their_scores(trained):
     bundle = load_bundle(trained[1])
     feeds = [request_feeds(bundle, s, 4, 5) for s in range(5)]
-    feeds[2]["candidate"][0, 0] = -7  # a marker the run below refuses, like a model error would
+    feeds[2].candidate[0, 0] = -7  # a marker the run below refuses, like a model error would
 
     def run(f, explain):
-        if (f["candidate"] == -7).any():
+        if (f.candidate == -7).any():
             raise RuntimeError("bad request")
         return bundle.run(f, explain)
 
