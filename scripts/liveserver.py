@@ -23,7 +23,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, timeout: float = 60, server: subprocess.Popen[bytes] | None = None) -> None:
+def wait_ready(url: str, timeout: float = 180, server: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server is not None and server.poll() is not None:
