@@ -1,7 +1,7 @@
 """Retrain and redeploy in one command, or roll back: the command line of ``model.deploy``.
 
-    python scripts/redeploy.py --models models --instance http://127.0.0.1:8000 --data synthetic --epochs 3
-    python scripts/redeploy.py --models models --instance http://127.0.0.1:8000 --rollback
+python scripts/redeploy.py --models models --instance http://127.0.0.1:8000 --data synthetic --epochs 3
+python scripts/redeploy.py --models models --instance http://127.0.0.1:8000 --rollback
 """
 
 from __future__ import annotations
