@@ -33,7 +33,8 @@ export DIN_REDIS_URL="${DIN_REDIS_URL:-${REDIS_URL:-redis://127.0.0.1:6379/0}}"
 
 if [ ! -f "$DIN_MODELS/current" ]; then
   echo "== no model in $DIN_MODELS: training, exporting and publishing a small DIN on SYNTHETIC data"
-  $PY scripts/redeploy.py --models "$DIN_MODELS" --data synthetic --epochs 5
+  # --nice 0: nothing is serving yet, so the retrain need not yield the CPU to the API.
+  $PY scripts/redeploy.py --models "$DIN_MODELS" --data synthetic --epochs 5 --nice 0
 fi
 
 if ! $PY - <<PY 2>/dev/null
