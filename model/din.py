@@ -28,8 +28,8 @@ class DINConfig:
     input_norm: bool = True  # BatchNorm on the final MLP's input, as the reference code does: a raw
     # (unnormalised) attention sum grows with the history, and this keeps its scale in check
     activation: str = "dice"  # "dice" or "prelu", for the final MLP
-    attention_activation: str = "prelu"  # the same for the activation unit (see README: Dice there was no
-    # better on validation and made serving ~10% slower: it runs once per behaviour-candidate pair)
+    attention_activation: str = "prelu"  # the same for the activation unit; Dice there was no better
+    # on validation and costs more in serving, where it runs once per behaviour-candidate pair
     attention_softmax: bool = False  # the paper keeps raw weights so interest intensity survives
     base_pooling: str = "sum"  # BaseModel only: "sum" or "mean"
     regularization: str = "mba"  # "mba" (mini-batch aware, eq. 6-7), "l2" (full tables) or "none"

@@ -28,8 +28,7 @@ which is bilinear in (e_l, v_n), so it regroups around whichever side is shorter
   and [H1·N, FD] x [FD, L] gives every pair, with the candidate term and bias as the Gemm's C.
 
 Only the side that is built ([H1, L or N, FD]) costs elementwise work, so building on the shorter
-side keeps it small (at N = 200, L = 50: 0.84x the time of always building per candidate; at
-N = 1000, 0.76x; half the time of the gather path). Units stay on dim 1 ([1, H, pairs]), so every
+side keeps it small (docs/benchmarks.md has the figures). Units stay on dim 1 ([1, H, pairs]), so every
 later layer is one plain Gemm. With R > 1 the same Gemm would score every candidate against every
 request's history, so there the history is gathered per candidate instead.
 """
@@ -51,7 +50,7 @@ class FrozenDice(nn.Module):
 
     Both per-unit affine maps are written as inference BatchNormalization, because onnxruntime runs
     that as one fused kernel, while a broadcast Mul/Add over a short last axis is several times
-    slower (measured: this form made the whole serving graph 1.6x faster).
+    slower.
     """
 
     mean: Tensor
@@ -79,7 +78,7 @@ class FrozenDice(nn.Module):
 class FrozenPReLU(nn.Module):
     """PReLU on [rows, H] or [1, H, rows] as max(x, a·x) (exact for slopes a ≤ 1; min(x, a·x) for
     a > 1), with a·x as an inference BatchNormalization. onnxruntime's own PRelu broadcasts its
-    per-unit slope and was measured about 3x slower than the whole of Dice; this form is faster."""
+    per-unit slope slowly; this form is faster (docs/design.md)."""
 
     slope: Tensor
     zero: Tensor

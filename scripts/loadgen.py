@@ -26,10 +26,10 @@ T = TypeVar("T")
 
 def run_load(main: Coroutine[Any, Any, T]) -> T:
     """Runs a load coroutine so that the client's own pauses are not reported as the server's
-    latency (it counts from the scheduled send). Two were measured: the standard asyncio loop
-    fell behind by up to 330 ms at 1,100 requests/s (uvloop: 6 ms), and full garbage collections
-    of the client stopped it for 170-400 ms, first over a process that had just trained a model,
-    then over the answers a long run accumulates. So objects that exist before the run are frozen
+    latency (it counts from the scheduled send): the standard asyncio loop falls behind at high
+    rates where uvloop keeps up, and the client's own full garbage collections (over a process
+    that has just trained a model, or over the answers a long run accumulates) stop it for
+    hundreds of milliseconds (docs/design.md). So objects that exist before the run are frozen
     out of the collector's reach, and the collector is off while the load runs (a bounded run's
     garbage is freed by reference counting; the cycles wait until the end)."""
     gc.collect()

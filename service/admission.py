@@ -1,8 +1,8 @@
 """The admission policy: shed by expected wait, and only against a standing queue.
 
 A fixed bound on requests in flight is wrong both ways: one small enough to keep latency low under
-overload also refuses the bursts of a half-loaded worker (a bound of 4 shed 0.07% of requests at
-50% load), and one large enough for bursts lets an overload queue up. So, as CoDel does for
+overload also refuses the bursts of a half-loaded worker, and one large enough for bursts lets an
+overload queue up (docs/design.md has the measurements). So, as CoDel does for
 packets, a worker tells a burst, which drains by itself, from a standing queue, which only
 shedding drains:
 

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         drain.install(settings.shutdown_drain_seconds)
         log.info("serving model %s from %s", models.runner.version, settings.models)
         # Everything built so far lives as long as the process; moved out of the collector's
-        # reach, it no longer makes each full collection a 30-60 ms pause of the event loop.
+        # reach, it no longer makes each full collection a long pause of the event loop.
         gc.freeze()
         try:
             yield

@@ -111,7 +111,7 @@ class BehaviorStore:
 
 async def _drop_idle_if_gone(client: aioredis.Redis, error: BaseException) -> None:
     """After a lost connection, closes the pool's idle connections too: they point at the same
-    dead server, and the pool's own check does not notice a peer that closed (measured: without
+    dead server, and the pool's own check does not notice a peer that closed (without
     this, the first requests after Redis came back took stale connections, failed, and reopened
     the circuit for seconds)."""
     lost = isinstance(error, OSError) and not isinstance(error, TimeoutError)  # a timeout is no proof
