@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidBody, UnsupportedMediaType
+from service.errors import InvalidBody, UnsupportedMediaType, errors_of
 
 M = TypeVar("M", bound=BaseModel)
 NOT_UTF8 = {"loc": ["body"], "msg": "the body is not UTF-8 encoded JSON", "type": "json_invalid"}
@@ -52,17 +52,13 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return dependency
 
 
-def request_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
-    """The ``openapi_extra`` that documents a body read by ``json_body`` (FastAPI cannot see it).
-    ``service.openapi`` narrows it to the loaded model's features."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": model.model_json_schema(ref_template="#/$defs/{model}")}
-            },
-        }
-    }
+def json_route(model: type[BaseModel], **route: Any) -> dict[str, Any]:
+    """The ``router.post`` arguments of a route whose body ``json_body(model)`` reads: its errors,
+    and the body's schema, which FastAPI cannot see (``service.openapi`` narrows it to the loaded
+    model's features)."""
+    schema = model.model_json_schema(ref_template="#/$defs/{model}")
+    body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {"responses": errors_of(413, 415, 422, 503), "openapi_extra": {"requestBody": body}, **route}
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -6,20 +6,14 @@ import orjson
 from fastapi import APIRouter, Response
 
 from service import ranking
-from service.body import request_body_openapi
+from service.body import json_route
 from service.deps import DeadlineDep, MetricsDep, RunnerDep, ScoreBody, SettingsDep, StoreDep
-from service.errors import errors_of
 from service.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
 
-@router.post(
-    "/score",
-    response_model=ScoreResponse,
-    responses=errors_of(413, 415, 422, 503),
-    openapi_extra=request_body_openapi(ScoreRequest),
-)
+@router.post("/score", **json_route(ScoreRequest, response_model=ScoreResponse))
 async def score(
     req: ScoreBody,
     runner: RunnerDep,

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,26 +46,22 @@ def deployment(trained, tmp_path_factory):
     repo = ModelRepository(root / "models")
     repo.set_current(repo.publish(trained[1]))  # test-v1
     with redis_prefix() as prefix:
-        yield from serve_deployment(repo, root, prefix)
-
-
-def serve_deployment(repo: ModelRepository, root: Path, prefix: str) -> Iterator[Deployment]:
-    env = os.environ | {
-        "DIN_MODELS": str(repo.root),
-        "DIN_REDIS_URL": REDIS_URL,
-        "DIN_KEY_PREFIX": prefix,
-        "DIN_ADMIN_TOKEN": TOKEN,
-        "DIN_MODEL_POLL_SECONDS": "1",
-        # Admission control off: these tests judge the switch itself, on a CI machine whose load
-        # may trip the 10 ms queue budget; the redeploy scenario of scripts/reliability.py measures
-        # both together, with 503s counted apart.
-        "DIN_MAX_QUEUE_MS": "0",
-    }
-    server, url = start_server(env, workers=2)
-    try:
-        yield Deployment(repo, url, root / "work")
-    finally:
-        stop_server(server)
+        env = os.environ | {
+            "DIN_MODELS": str(repo.root),
+            "DIN_REDIS_URL": REDIS_URL,
+            "DIN_KEY_PREFIX": prefix,
+            "DIN_ADMIN_TOKEN": TOKEN,
+            "DIN_MODEL_POLL_SECONDS": "1",
+            # Admission control off: these tests judge the switch itself, on a CI machine whose load
+            # may trip the 10 ms queue budget; the redeploy scenario of scripts/reliability.py
+            # measures both together, with 503s counted apart.
+            "DIN_MAX_QUEUE_MS": "0",
+        }
+        server, url = start_server(env, workers=2)
+        try:
+            yield Deployment(repo, url, root / "work")
+        finally:
+            stop_server(server)
 
 
 def redeploy(d: Deployment, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
