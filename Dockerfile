@@ -12,6 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PATH=/opt/venv/bin:$PATH
 RUN useradd --system --uid 10001 --user-group --no-create-home din \
     && mkdir -p /models /app/runs \
@@ -23,21 +24,34 @@ FROM base AS api-build
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY service ./service
-RUN python -m venv /opt/venv && pip install --no-cache-dir .
+# The API image copies this venv alone: it needs neither pip nor the packages' own tests and test data.
+RUN python -m venv /opt/venv && pip install --no-cache-dir . \
+    && pip uninstall --yes pip setuptools \
+    && site=/opt/venv/lib/python3.11/site-packages \
+    && rm -rf "$site/onnx/backend/test" \
+    && find "$site" -depth -type d -path "$site/numpy/*" -name tests -exec rm -rf {} +
 
 # --- trainer: the same packages plus the train extra with the CPU build of torch ---
 FROM base AS trainer
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY service ./service
-# The train extra's pins are the compatible ranges in pyproject.toml.
-# hadolint ignore=DL3013
+# TORCH_INDEX: where the CPU build of torch comes from. A package index URL (the default, PyTorch's
+# CPU index), or a directory of wheels mounted into the build, for machines that cannot reach it:
+#   podman build --volume /opt/wheels:/opt/wheels:ro --build-arg TORCH_INDEX=/opt/wheels ...
+# The exact +cpu pin makes a build that cannot find the CPU wheel fail instead of pulling the
+# multi-GB CUDA build from PyPI. The train extra's other pins are the ranges in pyproject.toml.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# hadolint ignore=DL3013,SC2086
 RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && if [ -d "$TORCH_INDEX" ]; then from="--find-links $TORCH_INDEX"; else from="--index-url $TORCH_INDEX"; fi \
+    && pip install --no-cache-dir $from torch==2.13.0+cpu \
     && pip install --no-cache-dir ".[train]"
 COPY scripts ./scripts
 USER 10001:10001
-ENV DIN_MODELS=/models
+# uid 10001 has no home: matplotlib's cache goes to /tmp.
+ENV DIN_MODELS=/models \
+    MPLCONFIGDIR=/tmp/matplotlib
 ENTRYPOINT ["python", "scripts/redeploy.py", "--work", "/app/runs/redeploy"]
 CMD ["--data", "synthetic", "--epochs", "5"]
 

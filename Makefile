@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test test-fast quickstart redeploy rollback reliability bench-train bench-model bench-service clean
+.PHONY: install lint test test-fast test-containers quickstart redeploy rollback reliability bench-train bench-model bench-service clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,9 +22,15 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Everything, as CI runs it.
+# Everything but the container build, as CI runs it (then test-containers).
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not containers"
+
+# Builds both images and runs the compose stack for real (podman; as root). Minutes from scratch,
+# fast once the image layers are cached. Wall times go to runs/test-containers.json.
+test-containers: install
+	bash scripts/ensure_podman.sh
+	$(BIN)/pytest -q -s -m containers tests/containers
 
 # The inner loop: skips the live-server tests marked slow.
 test-fast: install

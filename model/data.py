@@ -21,7 +21,9 @@ from model.din import Batch
 from model.schema import PAD, FeatureSchema, FeatureSpace
 
 CONTEXT_COLUMNS = ("hour", "weekday")  # recognised as context; other scalar columns are profile
-NON_FEATURE_COLUMNS = ("user_id", "label", "timestamp")
+# What model.feedback exports besides the features: how each impression was served.
+SERVED_COLUMNS = ("ts", "request_id", "model_version", "served_ctr", "rank", "degraded")
+NON_FEATURE_COLUMNS = ("user_id", "label", "timestamp", *SERVED_COLUMNS)
 
 
 def infer_schema(table: pa.Table) -> FeatureSchema:

@@ -34,8 +34,8 @@ from load_behaviors import load, read_log
 from model.bundle import load_bundle, session_options
 from model.export import export_bundle
 from model.repository import ModelRepository
-from service.features import build_feeds, encode_rows
 from service.keys import Keys, decode_history
+from service.runner import build_feeds, encode_rows
 
 REDIS_URL, PREFIX, L = "redis://127.0.0.1:6379/13", "bench:", 50
 LUA = Template("""

@@ -31,18 +31,22 @@ CAPACITY_CLIENTS = 4  # back-to-back clients that keep one worker busy without a
 
 
 class RedisServer:
-    """A redis-server of our own on a spare port, which a scenario may kill and restart."""
+    """A redis-server of our own on a spare port, which a scenario may kill and restart; durable, it
+    keeps everything acknowledged across a restart (AOF, fsync on every write)."""
 
-    def __init__(self, workdir: Path):
-        self.port, self.workdir = free_port(), workdir
+    def __init__(self, workdir: Path, durable: bool = False):
+        self.port, self.workdir, self.durable = free_port(), workdir, durable
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def persistence(self) -> list[str]:
+        return ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
 
     def start(self) -> float:
         """Starts it and returns the time (monotonic) it first answered PING."""
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--dir", str(self.workdir), *self.persistence()],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2)

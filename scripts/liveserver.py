@@ -1,7 +1,7 @@
 """Start the real service (uvicorn) in a subprocess, the way the Dockerfile and quickstart do.
 
 SERVE_COMMAND is the one command line that serves the app; the Dockerfile's CMD, quickstart.sh,
-the benchmarks and the tests all run it (tests/test_containers.py checks they agree).
+the benchmarks and the tests all run it (tests/containers/test_container_files.py checks they agree).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ async def open_loop(
                     conn = _Connection(*await asyncio.open_connection(host, int(port)))
                     status, body = await asyncio.wait_for(conn.request(make_request(i)), timeout)
                 answer = Answer(time.monotonic(), (time.monotonic() - scheduled) * 1000, status)
-                if status == 200 and body.startswith(b'{"model_version"'):
+                if status == 200 and body.startswith(b'{"request_id"'):  # a /score answer
                     parsed = orjson.loads(body)
                     answer.degraded, answer.version = parsed["degraded"], parsed["model_version"]
                 elif status == 503:

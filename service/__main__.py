@@ -6,7 +6,7 @@ worker processes, each one counts only its own requests, so every worker writes 
 shared directory (prometheus_client's multiprocess mode) and ``/metrics`` adds them up. The
 directory must be empty when the workers start, so it is prepared here, once, before any worker
 exists: ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of earlier runs' files), otherwise a fresh
-temporary one removed on exit.
+temporary one removed on exit. It also turns onnxruntime's telemetry off, unless told otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ APP = "service.main:create_app"
 # prometheus_client's own variable. It picks its mode when first imported, so it must be set
 # before anything imports prometheus_client (with one worker, uvicorn runs the app in this process).
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 
 
 def prepare_metrics_dir() -> Path | None:
@@ -40,6 +41,10 @@ def prepare_metrics_dir() -> Path | None:
 
 
 def main(argv: list[str]) -> None:
+    # onnxruntime (1.29 and newer) sends usage telemetry to Microsoft unless told not to, before
+    # the first session exists. A scoring service does not call out on its own; set the variable
+    # yourself to choose otherwise.
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
     made = prepare_metrics_dir()
     try:
         uvicorn.main.main(args=["--factory", APP, *argv], prog_name="python -m service")

@@ -7,10 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 from service.errors import InvalidInput
-from service.features import check_fields, check_known
 from service.ids import RawId
 from service.metrics import Metrics
-from service.runner import ModelRunner
+from service.runner import ModelRunner, check_fields, check_known
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest, extra_fields
 from service.settings import Settings
 from service.store import BehaviorStore
@@ -24,14 +23,26 @@ async def append_events(
             f"at most {settings.max_events} events per request, got {len(req.events)}", ("body", "events")
         )
     space = runner.bundle.space
-    now = int(time.time())
+    at = time.time()
+    now = int(at)
     by_user: dict[RawId, list[dict[str, Any]]] = defaultdict(list)
+    clicks = []
     for i, e in enumerate(req.events):
         record = {"item_id": e.item_id, **extra_fields(e)}
         check_fields(space, record, space.schema.behavior, ("body", "events", i), required=True)
         record["ts"] = e.ts if e.ts is not None else now
         by_user[e.user_id].append(record)  # request order is kept per user
-    await store.append(by_user)
+        clicks.append(
+            {
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "ts": record["ts"],
+                "at": at,
+                "request_id": e.request_id,
+            }
+        )
+    # Each event is also a click for the feedback loop, written in the same transaction.
+    await store.append(by_user, clicks if settings.log_impressions else ())
     metrics.events.inc(len(req.events))
     return EventsResponse(appended=len(req.events), users=len(by_user))
 

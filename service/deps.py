@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from service.body import json_body
 from service.deadline import Deadline
+from service.impressions import ImpressionLog
 from service.metrics import Metrics
 from service.model_slot import ModelSlot
 from service.runner import ModelRunner
@@ -41,6 +42,10 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_impressions(request: Request) -> ImpressionLog:
+    return request.app.state.impressions
+
+
 async def get_drain(request: Request) -> Drain:
     return request.app.state.drain
 
@@ -54,6 +59,7 @@ ModelsDep = Annotated[ModelSlot, Depends(get_models)]
 RunnerDep = Annotated[ModelRunner, Depends(get_runner)]
 StoreDep = Annotated[BehaviorStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ImpressionsDep = Annotated[ImpressionLog, Depends(get_impressions)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 DeadlineDep = Annotated[Deadline | None, Depends(get_deadline)]
 ScoreBody = Annotated[ScoreRequest, Depends(json_body(ScoreRequest))]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
@@ -86,3 +86,9 @@ class _IdRule:
 
 
 RawId = Annotated[int | str, _IdRule()]
+
+
+# A request id ties an answer's impressions to the clicks they earn (body field or X-Request-Id):
+# printable ASCII without spaces, as a header value can carry it.
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]

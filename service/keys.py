@@ -33,6 +33,14 @@ class Keys:
         """A hash of profile feature -> raw value as JSON (so 25 and "25" stay distinct)."""
         return f"{self.prefix}prof:{user_part(user_id)}"
 
+    def impressions(self) -> str:
+        """A stream, one entry per logged /score answer: field ``r``, an impression record."""
+        return f"{self.prefix}impressions"
+
+    def clicks(self) -> str:
+        """A stream, one entry per /events event: field ``r``, a click record."""
+        return f"{self.prefix}clicks"
+
 
 def encode_value(value: Any) -> bytes:
     """A behaviour record (a JSON object of raw ids) or one profile value, as stored."""
@@ -56,3 +64,30 @@ def decode_history(raws: Sequence[bytes | str]) -> list[dict[str, Any]]:
 
 def encode_profile(fields: Mapping[str, Any]) -> Mapping[Any, bytes]:  # Any: redis-py's key type
     return {k: encode_value(v) for k, v in fields.items()}
+
+
+# The feedback records: versioned, so a reader refuses a format it does not know. An impression
+# record is one /score answer, its features exactly as scored:
+#   {"schema": 1, "request_id", "ts" (server time, s), "user_id", "model_version", "degraded",
+#    "fields": the behaviour fields scored, "history": [records as read, oldest first],
+#    "profile": {feature: value or null}, "context": {feature: value},
+#    "items": [{"rank", "ctr", "candidate": {the candidate as sent}}, ...]}
+# A click record is one /events event:
+#   {"schema": 1, "user_id", "item_id", "ts" (the event's), "at" (server time, s), "request_id" or null}
+FEEDBACK_SCHEMA = 1
+
+
+def encode_impression(record: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record})
+
+
+def encode_click(record: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record})
+
+
+def decode_feedback(raw: bytes | str) -> dict[str, Any]:
+    """An impression or click record; ValueError for one of a format this code does not read."""
+    record = orjson.loads(raw)
+    if not isinstance(record, dict) or record.get("schema") != FEEDBACK_SCHEMA:
+        raise ValueError(f"not a feedback record of schema {FEEDBACK_SCHEMA}")
+    return record

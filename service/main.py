@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 
 from service.breaker import CircuitBreaker
 from service.errors import install_error_handlers
+from service.impressions import ImpressionLog
 from service.keys import Keys
 from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
@@ -74,7 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.history_cap,
             settings.history_ttl_seconds,
             CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds, metrics),
+            settings.impression_stream_maxlen,
         )
+        app.state.impressions = impressions = ImpressionLog(
+            writer, Keys(settings.key_prefix), settings, metrics
+        )
+        impressions.start()
         app.state.drain = drain = Drain()
         drain.install(settings.shutdown_drain_seconds)
         log.info("serving model %s from %s", models.runner.version, settings.models)
@@ -87,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # uvicorn has stopped accepting and the requests in flight have finished.
             drain.draining = True
             await models.stop()
+            await impressions.stop()
             for c in (client, writer):
                 await c.aclose()
                 await c.connection_pool.disconnect()

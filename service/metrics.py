@@ -59,6 +59,15 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.events = Counter("din_events_appended", "Behaviours appended through /events", registry=r)
+        self.impressions_logged = Counter(
+            "din_impressions_logged", "Impressions written to the impression log", registry=r
+        )
+        self.impressions_dropped = Counter(
+            "din_impressions_dropped",
+            "Impressions not logged: buffer_full or sink_error",
+            ["reason"],
+            registry=r,
+        )
         self.reloads = Counter(
             "din_model_reloads", "Model reload attempts that loaded or failed", ["result"], registry=r
         )

@@ -9,9 +9,9 @@ import numpy as np
 
 from service.deadline import Deadline
 from service.errors import InvalidInput
-from service.features import check_column, check_known, default_context, encode_column
+from service.impressions import ImpressionLog
 from service.metrics import Metrics
-from service.runner import ModelRunner
+from service.runner import ModelRunner, check_column, check_known, default_context, encode_column
 from service.schemas import ScoreRequest
 from service.settings import Settings
 from service.store import BehaviorStore
@@ -50,14 +50,17 @@ def candidate_rows(
 
 async def score(
     req: ScoreRequest,
+    request_id: str,
     runner: ModelRunner,
     store: BehaviorStore,
     metrics: Metrics,
     settings: Settings,
+    impressions: ImpressionLog | None = None,
     deadline: Deadline | None = None,
 ) -> dict[str, Any]:
     """The response body (the ScoreResponse schema), built as plain data: per-item pydantic models
-    cost more than the model run at a few hundred candidates."""
+    cost more than the model run at a few hundred candidates. The items returned are logged as
+    impressions, with the features exactly as scored."""
     t0 = time.perf_counter()
     rows, encoded = candidate_rows(req, runner, settings)
     schema = runner.bundle.space.schema
@@ -74,7 +77,12 @@ async def score(
     history = state.history if state else []
     profile = req.user if req.user is not None else (state.profile if state else {})
     context = {**default_context(), **(req.context or {})}
-    body = {"model_version": runner.version, "user_id": req.user_id, "degraded": state is None}
+    body = {
+        "request_id": request_id,
+        "model_version": runner.version,
+        "user_id": req.user_id,
+        "degraded": state is None,
+    }
     if not rows:
         return body | {"history_length": len(history), "items": []}
     ctr, attention = await runner.run(history, profile, context, encoded, req.explain, deadline)
@@ -88,6 +96,24 @@ async def score(
     if attention is not None:
         for item, i in zip(items, order, strict=True):
             item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
+    if impressions is not None:
+        impressions.log(
+            {
+                "request_id": request_id,
+                "ts": time.time(),
+                "user_id": req.user_id,
+                "model_version": runner.version,
+                "degraded": state is None,
+                "fields": schema.behavior,
+                "history": history,
+                "profile": {k: profile.get(k) for k in schema.profile},
+                "context": {k: context.get(k) for k in schema.context},
+                "items": [
+                    {"rank": item["rank"], "ctr": item["ctr"], "candidate": rows[i]}
+                    for item, i in zip(items, order.tolist(), strict=True)
+                ],
+            }
+        )
     metrics.stage_seconds.labels(stage="total").observe(time.perf_counter() - t0)
     return body | {"history_length": len(history), "items": items}
 

@@ -1,4 +1,9 @@
-"""Scoring: user state + request -> one onnxruntime run -> ranked items.
+"""The loaded model: raw request and Redis values checked and encoded for its schema, then one
+onnxruntime run.
+
+Types are checked against each vocabulary (an integer feature takes integers, a string feature
+strings) and errors name the field. Unknown ids are fine: they map to the OOV index. The id ->
+index lookup is a vectorised ``searchsorted`` per feature (``model.schema.Vocab.encode``).
 
 Load once, run a batch of candidates in one call, off the event loop (onnxruntime releases the
 GIL), on a bounded pool so concurrent requests cannot oversubscribe the cores.
@@ -7,17 +12,117 @@ GIL), on a bounded pool so concurrent requests cannot oversubscribe the cores.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from model.bundle import Bundle
-from model.feeds import Feeds
+from model.feeds import Feeds, one_request
+from model.schema import FeatureSpace
 from service.batcher import MicroBatcher, RunFn
 from service.deadline import Deadline
-from service.features import build_feeds
+from service.errors import InvalidInput
+from service.ids import INT_MAX, INT_MIN
 from service.settings import Settings
+
+MISSING_INT = np.iinfo(np.int64).min  # never a vocabulary key: maps to OOV
+MISSING_STR = "\x00"
+
+
+def check_fields(
+    space: FeatureSpace,
+    values: Mapping[str, Any],
+    names: Sequence[str],
+    loc: tuple[str | int, ...],
+    required: bool,
+) -> None:
+    for name in names:
+        if name not in values:
+            if required:
+                raise InvalidInput(f"missing feature {name!r}", (*loc, name))
+            continue
+        _check_type(space, name, values[name], (*loc, name))
+
+
+def check_column(space: FeatureSpace, name: str, column: Sequence[Any], loc: tuple[str | int, ...]) -> None:
+    """One required feature over many rows (``column[i]`` is row i's value, None if absent)."""
+    want = str if space.vocabs[name].is_string else int
+    if all(type(v) is want for v in column):
+        return
+    i = next(i for i, v in enumerate(column) if type(v) is not want)
+    if column[i] is None:
+        raise InvalidInput(f"missing feature {name!r}", (*loc, i, name))
+    _check_type(space, name, column[i], (*loc, i, name))
+
+
+def check_known(
+    space: FeatureSpace, values: Mapping[str, Any], names: Sequence[str], loc: tuple[str | int, ...]
+) -> None:
+    """Every key must be one of ``names`` (e.g. a profile feature of this model)."""
+    for key, value in values.items():
+        if key not in names:
+            raise InvalidInput(f"unknown feature; this model takes {list(names)}", (*loc, key))
+        _check_type(space, key, value, (*loc, key))
+
+
+def _check_type(space: FeatureSpace, name: str, value: Any, loc: tuple[str | int, ...]) -> None:
+    want_str = space.vocabs[name].is_string
+    ok = isinstance(value, str) if want_str else isinstance(value, int) and not isinstance(value, bool)
+    if not ok:
+        got = "a string" if isinstance(value, str) else "an integer"
+        raise InvalidInput(
+            f"{name} must be {'a string' if want_str else 'an integer'} for this model, not {got}", loc
+        )
+
+
+def encode_column(space: FeatureSpace, name: str, values: Sequence[Any]) -> np.ndarray:
+    """Indices of one feature's values; a value of the wrong type or beyond 64 bits (one stored
+    before the id rule existed) counts as missing, which maps to OOV."""
+    vocab = space.vocabs[name]
+    if vocab.is_string:
+        raw = np.array([v if isinstance(v, str) else MISSING_STR for v in values], dtype=str)
+    else:
+        ints = [v if isinstance(v, int) else MISSING_INT for v in values]
+        try:
+            raw = np.array(ints, dtype=np.int64)
+        except OverflowError:
+            raw = np.array([v if INT_MIN <= v <= INT_MAX else MISSING_INT for v in ints], dtype=np.int64)
+    return vocab.encode(raw)
+
+
+def encode_rows(space: FeatureSpace, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> np.ndarray:
+    """[len(rows), len(names)] indices."""
+    if not names:
+        return np.zeros((len(rows), 0), dtype=np.int64)
+    return np.stack([encode_column(space, n, [r.get(n) for r in rows]) for n in names], axis=1)
+
+
+def default_context(now: float | None = None) -> dict[str, int]:
+    """Context derived from the request time (UTC), for models that use hour and weekday."""
+    t = time.gmtime(now if now is not None else time.time())
+    return {"hour": t.tm_hour, "weekday": t.tm_wday}
+
+
+def build_feeds(
+    space: FeatureSpace,
+    history: Sequence[Mapping[str, Any]],
+    profile: Mapping[str, Any],
+    context: Mapping[str, Any],
+    candidates: np.ndarray,
+) -> Feeds:
+    """Feeds for one request (R = 1); ``candidates`` are already index rows [N, F] (encoded when
+    they were checked). The caller keeps the history within the model's max_history (the store
+    reads no more)."""
+    s = space.schema
+    return one_request(
+        encode_rows(space, [profile], s.profile)[0],
+        encode_rows(space, [context], s.context)[0],
+        encode_rows(space, history, s.behavior),
+        candidates,
+    )
 
 
 class ModelRunner:

@@ -1,5 +1,5 @@
 """Request and response bodies. Feature fields beyond the common ones are free-form here and are
-checked against the loaded model's schema in ``service.features``, naming the offending field.
+checked against the loaded model's schema in ``service.runner``, naming the offending field.
 Every id follows one rule (``service.ids``); nothing is coerced, and an unknown top-level field is
 refused, so a typo such as ``topk`` is a 422 instead of being silently ignored."""
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 
-from service.ids import ANY_ID_SCHEMA, RawId, WholeNumber
+from service.ids import ANY_ID_SCHEMA, RawId, RequestId, WholeNumber
 
 # A candidate ad: its feature ids by name. A plain mapping, not a model: validating a few hundred
 # model instances per request cost more than the model run. item_id and the model's other ad fields
@@ -54,6 +54,11 @@ class ScoreRequest(BaseModel):
     explain: StrictBool = Field(
         False, description="add each item's most influential behaviours with their attention weights"
     )
+    request_id: RequestId | None = Field(
+        None,
+        description="ties this answer's impressions to later clicks; else the X-Request-Id header, "
+        "else one is made",
+    )
 
 
 class Behavior(BaseModel):
@@ -73,6 +78,7 @@ class ScoredItem(BaseModel):
 
 
 class ScoreResponse(BaseModel):
+    request_id: str = Field(description="the request's id (as sent, or made); also the X-Request-Id header")
     model_version: str
     user_id: RawId
     history_length: int
@@ -91,6 +97,9 @@ class Event(BaseModel):
     item_id: RawId
     ts: Annotated[int, WholeNumber(ge=0)] | None = Field(
         None, description="unix seconds; the server's time if absent"
+    )
+    request_id: RequestId | None = Field(
+        None, description="the `/score` answer that showed this item, to attribute the click to"
     )
 
 

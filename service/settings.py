@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     deadline_ms: float = Field(
         0, ge=0, description="drop a `/score` request with 503 if it has not started scoring within this"
     )
+    log_impressions: bool = Field(
+        True,
+        description="log every item `/score` returns, with the features as scored, to a Redis stream "
+        "(off the request path; `python -m model.feedback export` turns it into training samples)",
+    )
+    impression_sample_rate: float = Field(1.0, ge=0, le=1, description="share of `/score` answers logged")
+    impression_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="answers buffered per worker for the log; beyond it they are dropped, counted",
+    )
+    impression_flush_ms: float = Field(100, gt=0, description="the log is written at least this often")
+    impression_stream_maxlen: int = Field(
+        1_000_000, ge=1, description="entries kept in the impression and click streams (approximate)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="level of the service's own log lines"
     )

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.ids import RawId
-from service.keys import Keys, decode_history, decode_value, encode_profile, encode_value
+from service.keys import Keys, decode_history, decode_value, encode_click, encode_profile, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ class BehaviorStore:
         cap: int,
         ttl_seconds: int,
         breaker: CircuitBreaker,
+        stream_maxlen: int = 1_000_000,
     ):
         self.client, self.writer, self.keys, self.cap, self.ttl = client, writer, keys, cap, ttl_seconds
-        self.breaker = breaker
+        self.breaker, self.stream_maxlen = breaker, stream_maxlen
 
     async def read(self, user_id: RawId, limit: int, with_profile: bool = True) -> UserState | None:
         """The user's newest ``limit`` behaviours (at most the cap) and profile, or None when Redis
@@ -68,8 +69,13 @@ class BehaviorStore:
         profile = {_text(k): decode_value(v) for k, v in replies[1].items()} if with_profile else {}
         return UserState(history, profile)
 
-    async def append(self, events_by_user: Mapping[RawId, Sequence[dict[str, Any]]]) -> None:
-        """Appends each user's events in order and trims to the cap, all in one transaction."""
+    async def append(
+        self,
+        events_by_user: Mapping[RawId, Sequence[dict[str, Any]]],
+        clicks: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Appends each user's events in order and trims to the cap, and adds the click records to
+        the click stream, all in one transaction."""
         async with self._write() as pipe:
             for user_id, events in events_by_user.items():
                 key = self.keys.history(user_id)
@@ -77,6 +83,13 @@ class BehaviorStore:
                 pipe.ltrim(key, -self.cap, -1)
                 if self.ttl:
                     pipe.expire(key, self.ttl)
+            for click in clicks:
+                pipe.xadd(
+                    self.keys.clicks(),
+                    {"r": encode_click(click)},
+                    maxlen=self.stream_maxlen,
+                    approximate=True,
+                )
 
     async def upsert_profile(self, user_id: RawId, fields: Mapping[str, RawId]) -> None:
         async with self._write() as pipe:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Annotated
+
 import orjson
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 
 from service import ranking
 from service.body import json_route
-from service.deps import DeadlineDep, MetricsDep, RunnerDep, ScoreBody, SettingsDep, StoreDep
+from service.deps import (
+    DeadlineDep,
+    ImpressionsDep,
+    MetricsDep,
+    RunnerDep,
+    ScoreBody,
+    SettingsDep,
+    StoreDep,
+)
+from service.ids import REQUEST_ID_PATTERN
 from service.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter()
@@ -21,9 +33,12 @@ async def score(
     metrics: MetricsDep,
     settings: SettingsDep,
     deadline: DeadlineDep,
+    impressions: ImpressionsDep,
+    x_request_id: Annotated[str | None, Header(pattern=REQUEST_ID_PATTERN)] = None,
 ) -> Response:
     """Ranks the candidates for the user by predicted CTR, in one model run. 503 with Retry-After
     when the service is overloaded or the request's deadline (X-Deadline-Ms) passed."""
-    body = await ranking.score(req, runner, store, metrics, settings, deadline)
+    request_id = req.request_id or x_request_id or uuid.uuid4().hex
+    body = await ranking.score(req, request_id, runner, store, metrics, settings, impressions, deadline)
     # Serialised directly: FastAPI's generic response encoding cost more than the model run.
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(orjson.dumps(body), media_type="application/json", headers={"X-Request-Id": request_id})

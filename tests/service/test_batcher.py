@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from model.bundle import load_bundle
 from model.feeds import concat, split
 from service.batcher import MicroBatcher
-from service.features import build_feeds, encode_rows
 from service.main import create_app
+from service.runner import build_feeds, encode_rows
 
 
 def request_feeds(bundle, seed: int, n: int, length: int):

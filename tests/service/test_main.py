@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,3 +19,18 @@ def test_importing_the_service_and_building_the_app_loads_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_serve_command_turns_onnxruntime_telemetry_off_unless_told_otherwise():
+    code = (
+        "import os, service.__main__ as serve\n"
+        "try:\n    serve.main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(os.environ['ORT_DISABLE_TELEMETRY'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    for preset, want in ((None, "1"), ("0", "0")):
+        run_env = env if preset is None else env | {"ORT_DISABLE_TELEMETRY": preset}
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=run_env
+        )
+        assert done.returncode == 0 and done.stdout.split()[-1] == want, done.stderr

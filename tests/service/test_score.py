@@ -5,7 +5,7 @@ import torch
 from model.din import Checkpoint
 from model.export import reference
 from model.serving import ServingInputs
-from service.features import encode_rows
+from service.runner import encode_rows
 from service.schemas import ScoreResponse
 
 USER = {"age": 25, "gender": "F"}

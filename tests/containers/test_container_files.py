@@ -1,6 +1,6 @@
-"""Static checks of the Dockerfile and docker-compose.yml (no Docker engine runs here): they lint
+"""Static checks of the Dockerfile and docker-compose.yml, which need no container engine: they lint
 and validate, and every command, path, target and setting they name exists and is the one the
-tests exercise."""
+tests exercise. test_compose_stack.py runs them for real."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import yaml
 from liveserver import SERVE_COMMAND
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -78,7 +78,8 @@ def test_trainer_image_runs_the_tested_redeploy_script_with_the_cpu_torch_pin():
     assert entry[:2] == ["python", "scripts/redeploy.py"] and (ROOT / entry[1]).is_file()
     assert f'"{entry[1]}"' in (ROOT / "tests/scripts/test_redeploy.py").read_text()  # what the tests run
     run = " ".join(instructions("trainer", "RUN"))
-    assert "torch==2.13.0" in run and "download.pytorch.org/whl/cpu" in run
+    assert "torch==2.13.0+cpu" in run  # exact: without +cpu, PyPI would serve the CUDA build
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in instructions("trainer", "ARG")
 
 
 def test_every_path_the_dockerfile_copies_exists_and_stays_in_the_build_context():

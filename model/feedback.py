@@ -1,0 +1,299 @@
+"""Served traffic -> training samples: ``python -m model.feedback export --redis-url URL --out DIR``.
+
+Reads the service's impression and click streams (``service.keys``) with a consumer group, waits
+out the label window, labels each impression (1 if a click was attributed to it), and writes
+hour-partitioned Parquet (``DIR/2026-12-02T06/part-….parquet``) in the sample layout of
+``model.data``: ``label``, ``user_id``, each candidate field ``f`` with the history as scored in
+``hist_f``, the profile and context as scored, plus ``ts``, ``request_id``, ``model_version``,
+``served_ctr``, ``rank`` and ``degraded``.
+
+One exporter per stream (it is the group's one consumer). A one-shot run holds the pending part
+of the streams in memory; the streams' MAXLEN bounds it.
+
+Attribution: a click naming a ``request_id`` goes to that answer's impression of its item; without
+one (or when that answer did not show the item) to the user's latest impression of the item that
+is at most a label window older than the click.
+
+Exactly once. Stream entries are exported in id order, and an entry is ripe when its id time is a
+label window old, so what is exported is always a prefix of the stream: a watermark. A batch is
+written as files under temporary names, fsynced, renamed, and only then committed by a line in
+``_exports.jsonl`` (fsynced); then the stream entries are acknowledged. A restarted exporter deletes
+files of an uncommitted batch, acknowledges pending entries at or below the committed watermark
+without writing them again, and re-reads the rest from its pending list. Clicks stay pending until
+no impression they could belong to remains unexported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+from redis.exceptions import ResponseError
+
+from service.keys import Keys, decode_feedback
+
+GROUP = "din-export"
+CONSUMER = "exporter"
+COMMITS = "_exports.jsonl"
+READ_COUNT = 1000
+BATCH_ANSWERS = 50_000  # answers per committed batch (its files are written at once, in memory)
+FLUSH_SLACK_SECONDS = 60.0  # an impression reaches the stream at most this long after it was served
+DEFAULT_WINDOW_SECONDS = 30 * 60.0
+
+
+def id_seconds(entry_id: str) -> float:
+    return int(entry_id.split("-")[0]) / 1000
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+@dataclass
+class Pending:
+    """Stream entries delivered to this consumer and not yet acknowledged, in id order."""
+
+    impressions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    clicks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class Exporter:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, out: Path, window_seconds: float, batch: int = BATCH_ANSWERS
+    ):
+        self.r, self.out, self.window, self.batch = client, out, window_seconds, batch
+        self.imp_key, self.click_key = keys.impressions(), keys.clicks()
+        self.trimmed = 0
+        out.mkdir(parents=True, exist_ok=True)
+        for key in (self.imp_key, self.click_key):
+            try:
+                self.r.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    # --- reading -------------------------------------------------------------------------------
+    def _read(self, key: str, start: str) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+        """Every entry of ``key`` for this consumer: its pending list (start "0") or new ones (">")."""
+        last = start
+        while True:
+            reply: Any = self.r.xreadgroup(GROUP, CONSUMER, {key: last}, count=READ_COUNT)
+            entries = [(i.decode(), f) for i, f in (reply[0][1] if reply else [])]
+            if not entries:
+                return
+            # An entry the stream's MAXLEN trimmed before it was exported comes back empty: gone.
+            gone = [i for i, f in entries if not f]
+            if gone:
+                self.r.xack(key, GROUP, *gone)
+                self.trimmed += len(gone)
+            yield from ((i, f) for i, f in entries if f)
+            if start == "0":
+                last = entries[-1][0]
+
+    def read_all(self) -> Pending:
+        p = Pending()
+        for start in ("0", ">"):
+            p.impressions += [(i, decode_feedback(f[b"r"])) for i, f in self._read(self.imp_key, start)]
+            p.clicks += [(i, decode_feedback(f[b"r"])) for i, f in self._read(self.click_key, start)]
+        return p
+
+    # --- committing ------------------------------------------------------------------------------
+    def watermark(self) -> str:
+        """The last impression entry id of the last committed batch ("0-0" before any)."""
+        path = self.out / COMMITS
+        if not path.exists():
+            return "0-0"
+        last = "0-0"
+        for line in path.read_text().splitlines():
+            if line.strip():
+                last = json.loads(line)["last"]
+        return last
+
+    def clean_uncommitted(self) -> None:
+        committed = set()
+        path = self.out / COMMITS
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    committed.update(json.loads(line)["files"])
+        for f in self.out.glob("*/*part-*"):
+            if f.relative_to(self.out).as_posix() not in committed:
+                f.unlink()
+
+    def export(self, now: float | None = None) -> dict[str, int]:
+        """One pass: everything ripe is written and acknowledged. Returns counts."""
+        now = time.time() if now is None else now
+        self.clean_uncommitted()
+        mark = self.watermark()
+        pending = self.read_all()
+        done = [i for i, _ in pending.impressions if id_key(i) <= id_key(mark)]
+        if done:  # written by a run that stopped before acknowledging
+            self.r.xack(self.imp_key, GROUP, *done)
+        todo = [(i, rec) for i, rec in pending.impressions if id_key(i) > id_key(mark)]
+        # Ids grow with time, so the ripe answers are a prefix of the unexported ones.
+        n_ripe = next((k for k, (i, _) in enumerate(todo) if id_seconds(i) + self.window > now), len(todo))
+        clicked = attribute(todo, pending.clicks, self.window)
+        reused: set[tuple[Any, str]] = set()
+        exported = 0
+        for s in range(0, n_ripe, self.batch):
+            e = min(s + self.batch, n_ripe)
+            rows = sample_rows(todo, s, e, clicked, reused)
+            files = self.write(rows, todo[e - 1][0])
+            self.commit(todo[s][0], todo[e - 1][0], files, len(rows))
+            self.r.xack(self.imp_key, GROUP, *[i for i, _ in todo[s:e]])
+            exported += len(rows)
+        # A click can still belong to an impression not yet exported only if it is younger than
+        # the oldest unexported impression's time plus the window and the flush slack.
+        left = [id_seconds(i) for i, _ in todo[n_ripe:]]
+        horizon = (min(left) if left else now - self.window) - FLUSH_SLACK_SECONDS
+        old = [i for i, c in pending.clicks if c["at"] < horizon]
+        if old:
+            self.r.xack(self.click_key, GROUP, *old)
+        return {"impressions": exported, "answers": n_ripe, "waiting": len(todo) - n_ripe}
+
+    def write(self, rows: list[dict[str, Any]], last: str) -> list[str]:
+        by_hour: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_hour[time.strftime("%Y-%m-%dT%H", time.gmtime(row["ts"]))].append(row)
+        names = []
+        for hour, hour_rows in sorted(by_hour.items()):
+            # Not "hour=…": readers would take it for a hive partition and add an "hour" column.
+            name = f"{hour}/part-{last}.parquet"
+            final = self.out / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp")
+            pq.write_table(pa.Table.from_pylist(hour_rows), tmp)
+            _fsync(tmp)
+            os.replace(tmp, final)
+            _fsync(final.parent)
+            names.append(name)
+        return names
+
+    def commit(self, first: str, last: str, files: list[str], rows: int) -> None:
+        line = json.dumps({"first": first, "last": last, "files": files, "rows": rows, "at": time.time()})
+        with open(self.out / COMMITS, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(self.out)
+
+
+def attribute(
+    unexported: list[tuple[str, dict[str, Any]]], clicks: list[tuple[str, dict[str, Any]]], window: float
+) -> set[tuple[int, int]]:
+    """(answer, item) positions in ``unexported`` that a click is attributed to. Every unexported
+    answer is a candidate, so a click goes to the right one even when that one is not ripe yet."""
+    by_request: dict[tuple[Any, str], tuple[int, int]] = {}
+    by_user_item: dict[tuple[str, str], list[tuple[float, int, int]]] = defaultdict(list)
+    for a, (_, rec) in enumerate(unexported):
+        for j, item in enumerate(rec["items"]):
+            by_request.setdefault((rec["request_id"], _json(item["candidate"].get("item_id"))), (a, j))
+            key = (_json(rec["user_id"]), _json(item["candidate"].get("item_id")))
+            by_user_item[key].append((rec["ts"], a, j))
+    clicked: set[tuple[int, int]] = set()
+    for _, c in clicks:
+        item = _json(c["item_id"])
+        hit = by_request.get((c["request_id"], item)) if c.get("request_id") else None
+        if hit is None:
+            shown = by_user_item.get((_json(c["user_id"]), item), ())
+            seen = [s for s in shown if 0 <= c["at"] - s[0] <= window]
+            hit = max(seen)[1:] if seen else None
+        if hit is not None:
+            clicked.add(hit)
+    return clicked
+
+
+def sample_rows(
+    answers: list[tuple[str, dict[str, Any]]],
+    start: int,
+    end: int,
+    clicked: set[tuple[int, int]],
+    reused: set[tuple[Any, str]],
+) -> list[dict[str, Any]]:
+    """The sample rows of answers[start:end], one per impression, labelled by ``clicked``."""
+    rows = []
+    for a in range(start, end):
+        rec = answers[a][1]
+        fields = rec["fields"]
+        hist = {f"hist_{f}": [b.get(f) for b in rec["history"]] for f in fields}
+        for j, item in enumerate(rec["items"]):
+            cand = item["candidate"]
+            key = (rec["request_id"], _json(cand.get("item_id")))
+            if key in reused:  # a request id a client reused: the first answer's impression
+                continue
+            reused.add(key)
+            rows.append(
+                {
+                    "label": int((a, j) in clicked),
+                    "user_id": rec["user_id"],
+                    **{f: cand.get(f) for f in fields},
+                    **hist,
+                    **rec["profile"],
+                    **rec["context"],
+                    "ts": rec["ts"],
+                    "request_id": rec["request_id"],
+                    "model_version": rec["model_version"],
+                    "served_ctr": item["ctr"],
+                    "rank": item["rank"],
+                    "degraded": rec["degraded"],
+                }
+            )
+    return rows
+
+
+def _json(v: Any) -> str:
+    return json.dumps(v)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.feedback", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="impressions and clicks -> labelled Parquet samples")
+    e.add_argument("--redis-url", required=True)
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--key-prefix", default="din:", help="the service's DIN_KEY_PREFIX")
+    e.add_argument("--label-window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS)
+    e.add_argument("--batch", type=int, default=BATCH_ANSWERS, help="answers per committed batch")
+    e.add_argument("--follow", action="store_true", help="keep exporting every --every seconds")
+    e.add_argument("--every", type=float, default=60.0)
+    a = p.parse_args(argv)
+    if a.label_window_seconds < 0:
+        p.error("--label-window-seconds must be >= 0")
+    client = redis.Redis.from_url(a.redis_url)
+    if a.batch < 1:
+        p.error("--batch must be >= 1")
+    exporter = Exporter(client, Keys(a.key_prefix), a.out, a.label_window_seconds, a.batch)
+    while True:
+        counts = exporter.export()
+        print(
+            f"exported {counts['impressions']} impressions of {counts['answers']} answers to {a.out}; "
+            f"{counts['waiting']} answers wait out the label window",
+            flush=True,
+        )
+        if not a.follow:
+            return 0
+        time.sleep(a.every)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The impression log: what /score served, with the features exactly as scored, written to a Redis
+Stream off the request path.
+
+On the request path ``ImpressionLog.log`` only appends a reference to the answer's parts to a
+bounded buffer (no copy, no encoding); a background task encodes and flushes the buffer in
+pipelined batches. A full buffer or a sink that fails drops records and counts the impressions
+(``din_impressions_dropped_total{reason}``): logging never fails or slows an answer. The record
+format lives in ``service.keys`` (``encode_impression``), so a Kafka sink could replace the stream
+without touching the exporter's reading of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.keys import Keys, encode_impression
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FLUSH_BATCH = 256  # answers per pipelined write
+
+
+class ImpressionLog:
+    def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings, metrics: Metrics):
+        self.client, self.key, self.metrics = client, keys.impressions(), metrics
+        self.enabled = settings.log_impressions and settings.impression_sample_rate > 0
+        self.rate = settings.impression_sample_rate
+        self.capacity = settings.impression_buffer
+        self.maxlen = settings.impression_stream_maxlen
+        self.interval = settings.impression_flush_ms / 1000
+        self.buffer: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_warning = 0.0
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One /score answer (its ``items`` are the impressions). Never blocks, never raises."""
+        if not self.enabled or (self.rate < 1 and random.random() >= self.rate):
+            return
+        if len(self.buffer) >= self.capacity:
+            self.metrics.impressions_dropped.labels(reason="buffer_full").inc(len(record["items"]))
+            return
+        self.buffer.append(record)
+        if len(self.buffer) >= FLUSH_BATCH:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._run(), name="impression-log")
+
+    async def stop(self) -> None:
+        """Flushes what is buffered (each batch bounded by the client's timeout), then stops."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        while self.buffer:
+            await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            while self.buffer:
+                await self.flush()
+                if len(self.buffer) < FLUSH_BATCH:
+                    break
+
+    async def flush(self) -> None:
+        batch = [self.buffer.popleft() for _ in range(min(FLUSH_BATCH, len(self.buffer)))]
+        if not batch:
+            return
+        items = sum(len(r["items"]) for r in batch)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for record in batch:
+                    pipe.xadd(
+                        self.key, {"r": encode_impression(record)}, maxlen=self.maxlen, approximate=True
+                    )
+                await pipe.execute()
+        except (RedisError, OSError) as e:
+            self.metrics.impressions_dropped.labels(reason="sink_error").inc(items)
+            now = time.monotonic()
+            if now - self._last_warning > 10:  # one line per outage, not one per batch
+                self._last_warning = now
+                log.warning("impression log: %d impressions dropped, the sink failed: %s", items, e)
+            return
+        self.metrics.impressions_logged.inc(items)

@@ -1,0 +1,210 @@
+"""model.feedback export: impressions and clicks from the service's streams -> labelled Parquet,
+exactly once, through crashes of the exporter and restarts of Redis."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from harness import RedisServer
+from model.bundle import load_bundle
+from model.feedback import COMMITS, Exporter
+from model.gate import predict_bundle
+from model.repository import ModelRepository
+from service.keys import Keys, encode_click, encode_impression
+from service.main import create_app
+from service.settings import Settings
+from tests.helpers import REDIS_URL, redis_prefix
+
+WINDOW = 100.0
+T0 = 1_700_000_000.0  # the served time of the first answer in the hand-made streams (2023)
+
+
+@pytest.fixture
+def streams() -> Iterator[tuple[redis.Redis, Keys]]:
+    with redis_prefix() as prefix:
+        r = redis.Redis.from_url(REDIS_URL)
+        yield r, Keys(prefix)
+        r.close()
+
+
+def answer(r: redis.Redis, keys: Keys, at: float, request_id: str, user, items: list[int]) -> None:
+    """One logged /score answer, added with the stream id of its time (as the service's flush would)."""
+    record = {
+        "request_id": request_id, "ts": at, "user_id": user, "model_version": "v1", "degraded": False,
+        "fields": ["item_id", "category_id"],
+        "history": [{"item_id": 1, "category_id": 1, "ts": 5}, {"item_id": 2, "category_id": 1, "ts": 6}],
+        "profile": {"age": 30, "gender": "F"}, "context": {"hour": 3, "weekday": 1},
+        "items": [
+            {"rank": k + 1, "ctr": 0.5 - k / 100, "candidate": {"item_id": i, "category_id": i % 3}}
+            for k, i in enumerate(items)
+        ],
+    }  # fmt: skip
+    r.xadd(keys.impressions(), {"r": encode_impression(record)}, id=f"{int(at * 1000)}-*")
+
+
+def click(r: redis.Redis, keys: Keys, at: float, user, item: int, request_id: str | None = None) -> None:
+    record = {"user_id": user, "item_id": item, "ts": int(at), "at": at, "request_id": request_id}
+    r.xadd(keys.clicks(), {"r": encode_click(record)})
+
+
+def exported(out: Path) -> list[dict]:
+    files = sorted(out.glob("*/part-*.parquet"))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def labels(out: Path) -> dict[tuple[str, int], int]:
+    rows = exported(out)
+    got = {(row["request_id"], row["item_id"]): row["label"] for row in rows}
+    assert len(got) == len(rows), "a (request_id, item_id) was exported twice"
+    return got
+
+
+def test_clicks_are_attributed_by_request_id_else_to_the_latest_impression_in_the_window(streams, tmp_path):
+    r, keys = streams
+    answer(r, keys, T0, "a", "u", [5, 6, 7])
+    answer(r, keys, T0 + 10, "b", "u", [5, 8])
+    answer(r, keys, T0 + 20, "c", "other", [6])
+    click(r, keys, T0 + 15, "u", 6, request_id="a")  # named: answer a, though it is not the latest
+    click(r, keys, T0 + 30, "u", 5)  # no id: the latest answer of u that showed 5 is b
+    click(r, keys, T0 + 31, "u", 9)  # never shown: nobody's
+    click(r, keys, T0 + 25 + WINDOW, "other", 6)  # 105 s after c showed it: past the window
+    counts = Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 1000)
+    assert counts == {"impressions": 6, "answers": 3, "waiting": 0}
+    assert labels(tmp_path) == {
+        ("a", 5): 0, ("a", 6): 1, ("a", 7): 0, ("b", 5): 1, ("b", 8): 0, ("c", 6): 0,
+    }  # fmt: skip
+
+
+def test_rows_have_the_sample_layout_and_the_served_extras(streams, tmp_path):
+    r, keys = streams
+    answer(r, keys, T0, "a", "u", [5, 6])
+    Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 1000)
+    (part,) = tmp_path.glob("*/part-*.parquet")
+    assert part.parent.name == time.strftime("%Y-%m-%dT%H", time.gmtime(T0))
+    row = exported(tmp_path)[1]
+    assert row == {
+        "label": 0, "user_id": "u", "item_id": 6, "category_id": 0, "hist_item_id": [1, 2],
+        "hist_category_id": [1, 1], "age": 30, "gender": "F", "hour": 3, "weekday": 1, "ts": T0,
+        "request_id": "a", "model_version": "v1", "served_ctr": 0.49, "rank": 2, "degraded": False,
+    }  # fmt: skip
+
+
+def test_an_answer_waits_out_the_label_window_and_is_then_exported_once(streams, tmp_path):
+    r, keys = streams
+    answer(r, keys, T0, "a", "u", [5])
+    answer(r, keys, T0 + 60, "b", "u", [5])
+    exporter = Exporter(r, keys, tmp_path, WINDOW)
+    assert exporter.export(now=T0 + 120) == {"impressions": 1, "answers": 1, "waiting": 1}
+    click(r, keys, T0 + 150, "u", 5)  # after a was exported, within b's window
+    assert exporter.export(now=T0 + 120) == {"impressions": 0, "answers": 0, "waiting": 1}
+    assert Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 500)["impressions"] == 1  # a new process
+    assert labels(tmp_path) == {("a", 5): 0, ("b", 5): 1}
+    assert Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 900)["impressions"] == 0
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("point", ["before_commit", "before_ack"])
+def test_an_exporter_that_stops_between_writing_and_acknowledging_loses_and_duplicates_nothing(
+    streams, tmp_path, monkeypatch, point
+):
+    r, keys = streams
+    for k in range(5):
+        answer(r, keys, T0 + k, f"r{k}", "u", [k, k + 10])
+    click(r, keys, T0 + 2.5, "u", 12, request_id="r2")
+    crashing = Exporter(r, keys, tmp_path, WINDOW)
+    if point == "before_commit":  # files renamed into place, the batch not committed
+        monkeypatch.setattr(crashing, "commit", lambda *a: (_ for _ in ()).throw(Crash()))
+    else:  # committed, not acknowledged
+        monkeypatch.setattr(crashing.r, "xack", lambda *a: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        crashing.export(now=T0 + 1000)
+    monkeypatch.undo()
+    again = Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 1000)
+    assert again["impressions"] == (10 if point == "before_commit" else 0)
+    got = labels(tmp_path)
+    assert len(got) == 10 and sum(got.values()) == 1 and got[("r2", 12)] == 1
+    assert r.xpending(keys.impressions(), "din-export")["pending"] == 0
+
+
+def test_an_exporter_killed_at_random_points_loses_and_duplicates_nothing(streams, tmp_path):
+    r, keys = streams
+    n, start = 3000, time.time() - 3600  # served an hour ago: all ripe
+    for k in range(n):
+        answer(r, keys, start + k / 100, f"r{k}", k % 50, [k % 97, 1000 + k])
+    for k in range(0, n, 7):
+        click(r, keys, start + k / 100 + 1, k % 50, 1000 + k, request_id=f"r{k}")
+    cmd = [sys.executable, "-m", "model.feedback", "export", "--redis-url", REDIS_URL, "--out", str(tmp_path),
+           "--key-prefix", keys.prefix, "--label-window-seconds", "60", "--batch", "100"]  # fmt: skip
+    rng = random.Random(0)
+    for _ in range(6):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    got = labels(tmp_path)
+    assert len(got) == 2 * n
+    assert {key for key, v in got.items() if v} == {(f"r{k}", 1000 + k) for k in range(0, n, 7)}
+    commits = [json.loads(line) for line in (tmp_path / COMMITS).read_text().splitlines()]
+    assert sum(c["rows"] for c in commits) == 2 * n
+
+
+@pytest.mark.slow
+def test_served_impressions_survive_a_redis_restart_and_score_back_to_the_served_ctr(trained, tmp_path):
+    """Logged by the real service into a durable Redis, which restarts before the export; the
+    exported rows, scored offline through the bundle, give the served CTRs back (no skew)."""
+    repo = ModelRepository(tmp_path / "models")
+    repo.set_current(repo.publish(trained[1]))
+    server = RedisServer(tmp_path, durable=True)
+    server.start()
+    try:
+        settings = Settings(models=repo.root, redis_url=server.url, key_prefix="din:")
+        served: dict[tuple[str, int], float] = {}
+        clicked = set()
+        with TestClient(create_app(settings)) as client:
+            for u in range(30):
+                events = [{"user_id": u, "item_id": u * 3 + j, "category_id": j % 4} for j in range(u % 25)]
+                if events:
+                    client.post("/events", json={"events": events})
+                body = {
+                    "user_id": u, "top_k": 5, "user": {"age": 20 + u % 30, "gender": "F" if u % 2 else "M"},
+                    "candidates": [{"item_id": 500 + u * 10 + c, "category_id": c % 6} for c in range(12)],
+                }  # fmt: skip
+                got = client.post("/score", json=body).json()
+                served |= {(got["request_id"], i["item_id"]): i["ctr"] for i in got["items"]}
+                if u % 3 == 0:
+                    top = got["items"][0]
+                    click = {"user_id": u, "item_id": top["item_id"], "category_id": top["category_id"]}
+                    client.post("/events", json={"events": [click | {"request_id": got["request_id"]}]})
+                    clicked.add((got["request_id"], top["item_id"]))
+        # The app's shutdown flushed the log; now Redis goes down and comes back from its AOF.
+        server.kill()
+        server.start()
+        r = redis.Redis.from_url(server.url)
+        out = tmp_path / "samples"
+        counts = Exporter(r, Keys("din:"), out, 0).export(now=time.time() + 120)
+        r.close()
+    finally:
+        server.kill()
+
+    assert counts["impressions"] == len(served) == 150
+    assert labels(out) == {key: int(key in clicked) for key in served}
+    table = pq.read_table(out)
+    offline = predict_bundle(load_bundle(trained[1]), table)
+    assert np.abs(offline - np.array(table["served_ctr"])).max() <= 1e-5
