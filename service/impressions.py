@@ -42,6 +42,7 @@ class ImpressionLog:
         self.buffer: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last_warning = 0.0
 
     def log(self, record: dict[str, Any]) -> None:
@@ -60,22 +61,27 @@ class ImpressionLog:
             self._task = asyncio.create_task(self._run(), name="impression-log")
 
     async def stop(self) -> None:
-        """Flushes what is buffered (each batch bounded by the client's timeout), then stops."""
+        """Flushes what is buffered (each batch bounded by the client's timeout), then stops.
+        Asked, not cancelled: on Python 3.11, asyncio.wait_for can swallow a cancellation that
+        arrives as its timeout fires, and the task would never end."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._stopping = True
+        self._wake.set()
+        await self._task
         while self.buffer:
             await self.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
-            while self.buffer:
-                await self.flush()
+            while self.buffer and not self._stopping:
+                try:
+                    await self.flush()
+                except Exception:  # a record that cannot be encoded must not end the log
+                    log.exception("impression log: flush failed")
                 if len(self.buffer) < FLUSH_BATCH:
                     break
 
