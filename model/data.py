@@ -7,6 +7,7 @@ optional profile and context columns. Everything is vectorised over whole column
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ import pyarrow.parquet as pq
 import torch
 
 from model.din import Batch
-from model.schema import PAD, FeatureSchema, FeatureSpace
+from model.feedback import COMMITS as FEEDBACK_COMMITS
+from model.schema import MISSING_INT, MISSING_STR, PAD, FeatureSchema, FeatureSpace
 
+TIME_SPLIT = 0.1  # of an exported folder's samples, the newest validate and the newest after them test
 CONTEXT_COLUMNS = ("hour", "weekday")  # recognised as context; other scalar columns are profile
 # What model.feedback exports besides the features: how each impression was served.
 SERVED_COLUMNS = ("ts", "request_id", "model_version", "served_ctr", "rank", "degraded")
@@ -39,9 +42,25 @@ def read_split(directory: Path, split: str) -> pa.Table:
     return pq.read_table(directory / f"{split}.parquet")
 
 
+def scalar_column(table: pa.Table, name: str) -> np.ndarray:
+    """One scalar feature's raw ids; a missing value (null, as logged profiles may have) is the
+    MISSING id, exactly what the service scores a missing feature with."""
+    column = table[name]
+    if column.null_count:
+        fill = (
+            MISSING_STR
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            else MISSING_INT
+        )
+        if pa.types.is_null(column.type):
+            column = column.cast(pa.int64())
+        column = column.fill_null(fill)
+    return column.to_numpy(zero_copy_only=False)
+
+
 def vocab_columns(table: pa.Table, schema: FeatureSchema) -> dict[str, np.ndarray]:
     """Every training occurrence of each feature: candidates and behaviours feed the shared tables."""
-    cols = {n: table[n].to_numpy() for n in (*schema.profile, *schema.context)}
+    cols = {n: scalar_column(table, n) for n in (*schema.profile, *schema.context)}
     for f in schema.behavior:
         flat = pc.list_flatten(table[f"hist_{f}"]).to_numpy()
         cols[f] = np.concatenate([table[f].to_numpy(), flat])
@@ -91,7 +110,7 @@ def encode(table: pa.Table, space: FeatureSpace, max_history: int) -> Samples:
     s, n = space.schema, table.num_rows
 
     def scalar_group(names: tuple[str, ...]) -> np.ndarray:
-        cols = [space.vocabs[c].encode(table[c].to_numpy(zero_copy_only=False)) for c in names]
+        cols = [space.vocabs[c].encode(scalar_column(table, c)) for c in names]
         return np.stack(cols, axis=1) if cols else np.zeros((n, 0), dtype=np.int64)
 
     history = np.zeros((n, max_history, len(s.behavior)), dtype=np.int32)
@@ -144,6 +163,34 @@ class Tables:
     train: pa.Table
     test: pa.Table
     source: str  # what the samples were built from, recorded in metrics and manifests
+    valid: pa.Table | None = None  # None: validation users are carved out of train
+
+
+def is_feedback_dir(directory: Path) -> bool:
+    """A folder written by ``python -m model.feedback export`` (its commit log names the files)."""
+    return (directory / FEEDBACK_COMMITS).exists()
+
+
+def read_feedback(directory: Path) -> pa.Table:
+    """Every committed sample of an exported folder, oldest first."""
+    files = []
+    for line in (directory / FEEDBACK_COMMITS).read_text().splitlines():
+        if line.strip():
+            files += [directory / f for f in json.loads(line)["files"]]
+    if not files:
+        raise ValueError(f"{directory}: no samples exported yet")
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    return table.take(pc.sort_indices(table, [("ts", "ascending")]))
+
+
+def time_split(table: pa.Table, valid: float, test: float) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Oldest rows train, the next ``valid`` share validates, the newest ``test`` share tests: a
+    model is judged on traffic newer than anything it learned from (the table is sorted by ts)."""
+    n = table.num_rows
+    a, b = round(n * (1 - valid - test)), round(n * (1 - test))
+    if not 0 < a < b < n:
+        raise ValueError(f"{n} samples are too few to split by time into train, validation and test")
+    return table.slice(0, a), table.slice(a, b - a), table.slice(b)
 
 
 def load_tables(data: str, max_history: int, seed: int) -> Tables:
@@ -156,10 +203,13 @@ def load_tables(data: str, max_history: int, seed: int) -> Tables:
     directory = Path(data)
     if (directory / "train.parquet").exists() and (directory / "test.parquet").exists():
         return Tables(read_split(directory, "train"), read_split(directory, "test"), str(directory.resolve()))
+    if is_feedback_dir(directory):
+        fit, valid, test = time_split(read_feedback(directory), TIME_SPLIT, TIME_SPLIT)
+        return Tables(fit, test, f"{directory.resolve()} (served logs, split by time)", valid)
     if logs.is_raw_log_dir(directory):
         train, test = logs.build_samples(directory, max_history=max_history, seed=seed)
         return Tables(train, test, f"{directory.resolve()} (raw log, DIN protocol)")
     raise FileNotFoundError(
-        f"--data {data}: expected 'synthetic', or a folder with train.parquet and test.parquet, "
-        f"or a folder with {' and '.join(logs.LOG_FILES)}"
+        f"--data {data}: expected 'synthetic', a folder with train.parquet and test.parquet, "
+        f"a folder with {' and '.join(logs.LOG_FILES)}, or one written by model.feedback export"
     )

@@ -150,7 +150,10 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) 
     step(3, f"gate for {version}: parity max abs error vs torch {parity}")
     if max(parity.values()) > a.parity_tolerance:
         raise DeployError(f"gate refused {version}: parity error {parity} > {a.parity_tolerance}")
-    test = load_tables(tc.data, tc.max_history, tc.seed).test
+    tables = load_tables(tc.data, tc.max_history, tc.seed)
+    test = tables.test
+    if tables.valid is not None:  # served logs: rows newer than anything either version trained on
+        print(f"      the gate scores both versions on the newest {test.num_rows} samples by time")
     serving_version, serving = repo.current(), None
     if serving_version is not None:
         try:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from model.schema import PAD, FeatureSpace
+from model.schema import N_RESERVED, PAD, FeatureSpace
 
 
 @dataclass
@@ -266,3 +266,26 @@ class Checkpoint:
         model = build_model(self.config, self.space)
         model.load_state_dict(self.state_dict)
         return model.eval()
+
+
+def warm_start(start: Checkpoint, space: FeatureSpace) -> DIN:
+    """A model over ``space`` (``start.space`` extended with new ids) that begins where ``start``
+    ended: every id it knew keeps its embedding row, new ids get fresh rows, and every other weight
+    is carried over. The MBA frequency counts are the new data's."""
+    model = build_model(start.config, space)
+    state = model.state_dict()
+    for name, tensor in start.state_dict.items():
+        if name.startswith("count_"):
+            continue
+        if name.startswith("embeddings.") and name.endswith(".weight"):
+            feature = name.split(".")[1]
+            old, new = start.space.vocabs[feature], space.vocabs[feature]
+            rows = torch.from_numpy(new.encode(old.keys))  # each known id's index in the new vocabulary
+            table = state[name].clone()
+            table[:N_RESERVED] = tensor[:N_RESERVED]
+            table[rows] = tensor[N_RESERVED:]
+            state[name] = table
+        else:
+            state[name] = tensor
+    model.load_state_dict(state)
+    return model

@@ -20,6 +20,10 @@ import numpy as np
 PAD = 0
 OOV = 1
 N_RESERVED = 2
+# A feature value that is missing (a profile field the request and Redis did not have). Never an
+# id of a log, so unless training saw it often enough to learn it, it maps to OOV.
+MISSING_INT = np.iinfo(np.int64).min
+MISSING_STR = "\x00"
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,21 @@ class FeatureSpace:
         if missing:
             raise ValueError(f"training data has no column for features {missing}")
         return cls(schema, {n: Vocab.build(columns[n], min_count) for n in schema.all_features})
+
+    def extended(self, columns: dict[str, np.ndarray]) -> FeatureSpace:
+        """This space with every id of ``columns`` (new training data) added: a warm start keeps
+        each known id's embedding row and gives new ids fresh ones. Counts are the new data's."""
+        vocabs = {}
+        for name, old in self.vocabs.items():
+            new = Vocab.build(columns[name])
+            if old.is_string != new.is_string and len(new.keys) and len(old.keys):
+                raise ValueError(f"feature {name}: the new data's ids are of another type than before")
+            keys = np.union1d(old.keys, new.keys) if len(new.keys) else old.keys
+            counts = np.zeros(len(keys) + N_RESERVED, dtype=np.int64)
+            if len(new.keys):
+                counts[np.searchsorted(keys, new.keys) + N_RESERVED] = new.counts[N_RESERVED:]
+            vocabs[name] = Vocab(keys=keys, counts=counts)
+        return FeatureSpace(self.schema, vocabs)
 
     def sizes(self) -> dict[str, int]:
         return {n: len(v) for n, v in self.vocabs.items()}

@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.data import Samples, encode, infer_schema, load_tables, split_by_user, vocab_columns
-from model.din import DIN, Checkpoint, DINConfig, build_model
+from model.din import DIN, Checkpoint, DINConfig, build_model, warm_start
 from model.metrics import evaluate
 from model.schema import FeatureSpace
 
 
 @dataclass
 class TrainConfig:
-    data: str = "synthetic"  # "synthetic", a folder with {train,test}.parquet, or a raw-log folder
+    data: str = "synthetic"  # "synthetic", {train,test}.parquet, a raw log, or an exported log folder
+    init_from: str = ""  # a run folder: start from its weights (and architecture), new ids added
     out: str = "runs/din"
     epochs: int = 10  # upper bound; early stopping usually ends sooner
     patience: int = 2  # epochs without a better validation GAUC before stopping
@@ -85,18 +86,31 @@ def run(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Data: the validation users are carved out of train, so test never picks anything.
+    # Data: validation never overlaps test. Served logs come split by time; otherwise the
+    # validation users are carved out of train.
     tables = load_tables(tc.data, tc.max_history, tc.seed)
     schema = infer_schema(tables.train)
-    is_valid = split_by_user(tables.train["user_id"].to_numpy(), tc.valid_fraction, tc.seed)
-    fit_table, valid_table = tables.train.filter(~is_valid), tables.train.filter(is_valid)
-    space = FeatureSpace.build(schema, vocab_columns(fit_table, schema))
+    if tables.valid is not None:
+        fit_table, valid_table = tables.train, tables.valid
+    else:
+        is_valid = split_by_user(tables.train["user_id"].to_numpy(), tc.valid_fraction, tc.seed)
+        fit_table, valid_table = tables.train.filter(~is_valid), tables.train.filter(is_valid)
+    columns = vocab_columns(fit_table, schema)
+    if tc.init_from:
+        start = Checkpoint.load(str(Path(tc.init_from) / "ckpt.pt"))
+        if start.space.schema != schema:
+            raise ValueError(f"--init-from {tc.init_from}: its schema {start.space.schema} is not {schema}")
+        cfg, space = start.config, start.space.extended(columns)
+        model = warm_start(start, space)
+        print(f"warm start from {tc.init_from} ({cfg.model}; its architecture, new ids added)")
+    else:
+        space = FeatureSpace.build(schema, columns)
+        model = build_model(cfg, space)
     fit, valid, test = (encode(t, space, tc.max_history) for t in (fit_table, valid_table, tables.test))
     print(
         f"data {tables.source}: fit {len(fit)}, valid {len(valid)}, test {len(test)} samples; schema {schema}"
     )
 
-    model = build_model(cfg, space)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"gauc": -1.0}
@@ -207,6 +221,8 @@ def _validate(p: argparse.ArgumentParser, cfg: DINConfig, tc: TrainConfig) -> No
         p.error("--lr must be > 0 and --reg-lambda >= 0")
     if tc.data != "synthetic" and not Path(tc.data).is_dir():
         p.error(f"--data {tc.data}: no such folder (or use --data synthetic)")
+    if tc.init_from and not (Path(tc.init_from) / "ckpt.pt").is_file():
+        p.error(f"--init-from {tc.init_from}: no ckpt.pt there (give a model.train --out folder)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,9 +84,11 @@ class Metrics:
 
     def set_model(self, version: str) -> None:
         if self.version is not None and self.version != version:
-            # Zeroed, not only removed: another worker's file may still be read for it.
+            # Zeroed, not only removed: another worker's file may still be read for it. Multiprocess
+            # mode cannot remove a label at all (it warns), so there the zero is what a scrape reads.
             self.model_version.labels(version=self.version).set(0)
-            self.model_version.remove(self.version)
+            if MULTIPROC_DIR_ENV not in os.environ:
+                self.model_version.remove(self.version)
         self.version = version
         self.model_version.labels(version=version).set(1)
 

@@ -21,15 +21,12 @@ import numpy as np
 
 from model.bundle import Bundle
 from model.feeds import Feeds, one_request
-from model.schema import FeatureSpace
+from model.schema import MISSING_INT, MISSING_STR, FeatureSpace
 from service.batcher import MicroBatcher, RunFn
 from service.deadline import Deadline
 from service.errors import InvalidInput
 from service.ids import INT_MAX, INT_MIN
 from service.settings import Settings
-
-MISSING_INT = np.iinfo(np.int64).min  # never a vocabulary key: maps to OOV
-MISSING_STR = "\x00"
 
 
 def check_fields(

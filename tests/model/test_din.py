@@ -176,3 +176,28 @@ def test_a_config_saved_before_per_mlp_activations_reloads_as_it_was_trained():
     del old["attention_activation"], old["input_norm"]
     cfg = DINConfig.from_dict(old | {"activation": "dice"})
     assert cfg.attention_activation == "dice" and cfg.input_norm is False
+
+
+def test_a_warm_start_keeps_each_known_ids_embedding_and_every_other_weight(space: FeatureSpace):
+    import numpy as np
+
+    from model.din import warm_start
+
+    start = Checkpoint(DINConfig(), space, build_model(DINConfig(), space).state_dict())
+    new_items = np.array([1000, 1001, 5])  # two new ids and a known one
+    columns = {n: v.keys for n, v in space.vocabs.items()} | {"item_id": new_items}
+    extended = space.extended(columns)
+    model = warm_start(start, extended)
+    old_v, new_v = space.vocabs["item_id"], extended.vocabs["item_id"]
+    old_w, new_w = (
+        start.state_dict["embeddings.item_id.weight"],
+        model.state_dict()["embeddings.item_id.weight"],
+    )
+    assert new_w.shape[0] == old_w.shape[0] + 2
+    for raw in (0, 5, 299):  # each known id's row moved with it
+        assert torch.equal(new_w[new_v.encode(np.array([raw]))[0]], old_w[old_v.encode(np.array([raw]))[0]])
+    assert torch.equal(new_w[:2], old_w[:2])  # padding and unknown
+    assert not torch.equal(new_w[new_v.encode(np.array([1000]))[0]], old_w[1])  # a fresh row for a new id
+    for name, tensor in start.state_dict.items():
+        if not name.startswith(("embeddings.", "count_")):
+            assert torch.equal(model.state_dict()[name], tensor), name

@@ -50,3 +50,16 @@ def test_schema_rejects_duplicate_names_and_a_missing_candidate_field():
         FeatureSchema(profile=("item_id",), behavior=("item_id",))
     with pytest.raises(ValueError, match="behavior"):
         FeatureSchema(behavior=())
+
+
+def test_an_extended_space_keeps_every_known_id_and_adds_the_new_ones():
+    schema = FeatureSchema(profile=("gender",), behavior=("item_id",))
+    old = FeatureSpace.build(schema, {"gender": np.array(["F", "M"]), "item_id": np.array([10, 30, 30])})
+    new = old.extended({"gender": np.array(["F", "X"]), "item_id": np.array([20, 30, 40, 40])})
+    assert new.vocabs["item_id"].keys.tolist() == [10, 20, 30, 40]
+    assert new.vocabs["gender"].keys.tolist() == ["F", "M", "X"]
+    # Counts are the new data's (MBA regularises by them); an id only the old data had counts 0.
+    v = new.vocabs["item_id"]
+    assert dict(zip(v.keys.tolist(), v.counts[2:].tolist(), strict=True)) == {10: 0, 20: 1, 30: 1, 40: 2}
+    with pytest.raises(ValueError, match="another type"):
+        old.extended({"gender": np.array([1]), "item_id": np.array([1])})

@@ -4,6 +4,7 @@ import pytest
 
 from model.din import Checkpoint, DINConfig
 from model.train import TrainConfig, main, run
+from tests.helpers import served_log
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,41 @@ def test_cli_trains_the_base_model(tmp_path, capsys):
     main(["--data", "synthetic", "--model", "base", "--out", str(tmp_path), "--epochs", "1", "--no-progress"])
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["model"]["model"] == "base"
     assert "test AUC" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_training_on_served_logs_splits_by_time_and_warm_starts_with_new_ids(tmp_path):
+    import numpy as np
+
+    from model.data import load_tables
+    from model.export import export_bundle
+    from model.synthetic import SyntheticSpec, generate
+
+    train, _ = generate(SyntheticSpec(n_users=1500, max_history=20))
+    served_log(train, tmp_path / "day1")
+    tables = load_tables(str(tmp_path / "day1"), 20, 0)
+    assert tables.valid is not None and "split by time" in tables.source
+    fit_ts, valid_ts, test_ts = (np.array(t["ts"]) for t in (tables.train, tables.valid, tables.test))
+    assert fit_ts.max() <= valid_ts.min() and valid_ts.max() <= test_ts.min()
+    assert len(valid_ts) == len(test_ts) == round(0.1 * (len(fit_ts) + 2 * len(test_ts)))
+
+    day1 = run(DINConfig(), TrainConfig(data=str(tmp_path / "day1"), out=str(tmp_path / "r1"), epochs=3,
+                                         progress=False, max_history=20))  # fmt: skip
+    assert day1["test"]["gauc"] > 0.6  # learns from its logs, judged on the newest tenth of them
+
+    served_log(train, tmp_path / "day2", first_item=100_000)  # every item id is new
+    day2 = run(DINConfig(embed_dim=4), TrainConfig(data=str(tmp_path / "day2"), out=str(tmp_path / "r2"),
+                                                    epochs=1, progress=False, max_history=20,
+                                                    init_from=str(tmp_path / "r1")))  # fmt: skip
+    ckpt1, ckpt2 = (
+        Checkpoint.load(str(tmp_path / "r1/ckpt.pt")),
+        Checkpoint.load(str(tmp_path / "r2/ckpt.pt")),
+    )
+    assert ckpt2.config == ckpt1.config  # the architecture is the run it started from
+    v1, v2 = ckpt1.space.vocabs["item_id"], ckpt2.space.vocabs["item_id"]
+    assert set(v1.keys.tolist()) < set(v2.keys.tolist()) and len(v2) == len(v1) + len(
+        set(v2.keys) - set(v1.keys)
+    )
+    assert day2["test"]["gauc"] > 0.5
+    # The bundle maps the raw ids through the extended vocabularies (export checks torch = onnx).
+    export_bundle(tmp_path / "r2/ckpt.pt", tmp_path / "b2", version="v2")

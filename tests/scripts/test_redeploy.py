@@ -240,3 +240,24 @@ def test_rollback_walks_every_worker_back_one_version_at_a_time(deployment, trai
         assert serving_versions(deployment.url) == {expected}
         logs.append(done.stdout)
     assert "older versions to roll back to: test-v1" in logs[0]
+
+
+def test_redeploy_on_served_logs_warm_starts_and_gates_on_the_newest_slice(tmp_path, capsys):
+    """Two days of exported logs: day 1 trains the first version; day 2, with item ids day 1 never
+    had, fine-tunes it (--init-from), and the gate scores both versions on day 2's newest tenth."""
+    from model.deploy import main as redeploy
+    from model.synthetic import SyntheticSpec, generate
+    from tests.helpers import served_log
+
+    train, _ = generate(SyntheticSpec(n_users=600, max_history=20))
+    served_log(train, tmp_path / "day1")
+    served_log(train, tmp_path / "day2", first_item=100_000)
+    common = ["--models", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--nice", "0"]
+    common += ["--max-history", "20", "--epochs", "1", "--gauc-margin", "1"]  # the mechanics, not the verdict
+    assert redeploy([*common, "--version", "d1", "--data", str(tmp_path / "day1")]) == 0
+    capsys.readouterr()
+    init = str(tmp_path / "work" / "d1" / "run")
+    assert redeploy([*common, "--version", "d2", "--data", str(tmp_path / "day2"), "--init-from", init]) == 0
+    out = capsys.readouterr().out
+    assert "newest 420 samples by time" in out and "current -> d2 (was d1)" in out, out
+    assert ModelRepository(tmp_path / "models").current() == "d2"

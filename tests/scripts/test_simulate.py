@@ -1,0 +1,25 @@
+"""The closed-loop simulator, in its small version: the real service, export and redeploy each day."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulate import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_quick_simulation_serves_exports_and_redeploys_every_day(tmp_path):
+    out = tmp_path / "simulate.json"
+    assert main(["--quick", "--json", str(out), "--png", str(tmp_path / "simulate.png")]) == 0
+    days = json.loads(out.read_text())["days"]
+    assert [d["day"] for d in days] == [0, 1, 2]
+    assert [d["model_version"] for d in days] == ["day0", "day1", "day2"]  # each retrain rolled out
+    for d in days:
+        assert d["impressions"] == 150 * 2 * 5 and 0 <= d["clicks"] <= d["impressions"]
+        assert d["ctr"] == d["clicks"] / d["impressions"]
+        assert d["oracle_ctr"] > d["random_ctr"] > 0  # the same slates, ranked by the truth or at random
+        assert 0 <= d["gauc"] <= 1
+    assert (tmp_path / "simulate.png").stat().st_size > 0
