@@ -25,7 +25,16 @@ from model.schema import MISSING_INT, MISSING_STR, PAD, FeatureSchema, FeatureSp
 TIME_SPLIT = 0.1  # of an exported folder's samples, the newest validate and the newest after them test
 CONTEXT_COLUMNS = ("hour", "weekday")  # recognised as context; other scalar columns are profile
 # What model.feedback exports besides the features: how each impression was served.
-SERVED_COLUMNS = ("ts", "request_id", "model_version", "served_ctr", "rank", "degraded")
+SERVED_COLUMNS = (
+    "ts",
+    "request_id",
+    "model_version",
+    "served_ctr",
+    "rank",
+    "degraded",
+    "propensity",
+    "explored",
+)
 NON_FEATURE_COLUMNS = ("user_id", "label", "timestamp", *SERVED_COLUMNS)
 
 

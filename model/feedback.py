@@ -248,6 +248,8 @@ def sample_rows(
                     "served_ctr": item["ctr"],
                     "rank": item["rank"],
                     "degraded": rec["degraded"],
+                    "propensity": item.get("propensity", 1.0),
+                    "explored": item.get("explored", False),
                 }
             )
     return rows

@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5, help="items shown per visit")
     p.add_argument("--drift", type=float, default=0.05, help="share of each user's interests redrawn daily")
     p.add_argument("--epochs", type=int, default=3, help="per retrain")
+    p.add_argument("--explore", type=float, default=0.0, help="the service's DIN_EXPLORE_SHARE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="3 days, 150 users, 2 visits")
     p.add_argument("--work", type=Path, help="keep everything here (default: a temporary folder)")
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         a.days, a.users, a.visits, a.epochs = 3, 150, 2, 2
     if min(a.days, a.users, a.items, a.categories, a.visits, a.k, a.epochs) < 1 or a.slate < a.k:
         p.error("counts must be >= 1 and --slate >= --k")
+    if not 0 <= a.explore <= 0.5:
+        p.error("--explore must be between 0 and 0.5")
     if a.slate > a.items:
         p.error("--slate must not exceed --items")
 
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         redis.start()
         env = os.environ | {"DIN_MODELS": str(repo), "DIN_REDIS_URL": redis.url,
                             "DIN_MODEL_POLL_SECONDS": "0.5", "DIN_ADMIN_TOKEN": "simulate-admin-token",
-                            "DIN_HISTORY_CAP": "50"}  # fmt: skip
+                            "DIN_HISTORY_CAP": "50", "DIN_EXPLORE_SHARE": str(a.explore)}  # fmt: skip
         server, url = start_server(env)
         world = World.make(a.users, a.items, a.categories, a.drift, a.seed)
         days: list[dict[str, Any]] = []

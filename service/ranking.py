@@ -9,6 +9,7 @@ import numpy as np
 
 from service.deadline import Deadline
 from service.errors import InvalidInput
+from service.explore import explore
 from service.impressions import ImpressionLog
 from service.metrics import Metrics
 from service.runner import ModelRunner, check_column, check_known, default_context, encode_column
@@ -91,12 +92,26 @@ async def score(
     metrics.candidates.observe(len(rows))
 
     order = np.argsort(-ctr, kind="stable")[: req.top_k or len(rows)]
+    propensity = explored = None
+    if settings.explore_share > 0 and len(order) < len(rows):
+        order, propensity, explored = explore(order, len(rows), settings.explore_share)
     ranked = zip(order.tolist(), ctr[order].tolist(), strict=True)
     items = [{**rows[i], "ctr": p, "rank": rank} for rank, (i, p) in enumerate(ranked, start=1)]
+    if explored is not None:
+        for item, was_explored in zip(items, explored.tolist(), strict=True):
+            if was_explored:
+                item["explored"] = True
     if attention is not None:
         for item, i in zip(items, order, strict=True):
             item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
     if impressions is not None:
+        logged = [
+            {"rank": item["rank"], "ctr": item["ctr"], "candidate": rows[i]}
+            for item, i in zip(items, order.tolist(), strict=True)
+        ]
+        if propensity is not None and explored is not None:
+            for entry, p, e in zip(logged, propensity.tolist(), explored.tolist(), strict=True):
+                entry |= {"propensity": p, "explored": e}
         impressions.log(
             {
                 "request_id": request_id,
@@ -108,10 +123,7 @@ async def score(
                 "history": history,
                 "profile": {k: profile.get(k) for k in schema.profile},
                 "context": {k: context.get(k) for k in schema.context},
-                "items": [
-                    {"rank": item["rank"], "ctr": item["ctr"], "candidate": rows[i]}
-                    for item, i in zip(items, order.tolist(), strict=True)
-                ],
+                "items": logged,
             }
         )
     metrics.stage_seconds.labels(stage="total").observe(time.perf_counter() - t0)

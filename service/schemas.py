@@ -74,6 +74,7 @@ class ScoredItem(BaseModel):
     item_id: RawId
     ctr: float
     rank: int
+    explored: bool | None = Field(None, description="true when exploration put this item here")
     behaviors: list[Behavior] | None = None
 
 

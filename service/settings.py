@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     impression_stream_maxlen: int = Field(
         1_000_000, ge=1, description="entries kept in the impression and click streams (approximate)"
     )
+    explore_share: float = Field(
+        0,
+        ge=0,
+        le=0.5,
+        description="share of the slots of a `/score` answer (when it returns fewer items than it got) "
+        "filled with a random candidate from outside the model's top k, marked `explored` and logged with "
+        "its propensity",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="level of the service's own log lines"
     )

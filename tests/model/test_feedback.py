@@ -99,6 +99,7 @@ def test_rows_have_the_sample_layout_and_the_served_extras(streams, tmp_path):
         "label": 0, "user_id": "u", "item_id": 6, "category_id": 0, "hist_item_id": [1, 2],
         "hist_category_id": [1, 1], "age": 30, "gender": "F", "hour": 3, "weekday": 1, "ts": T0,
         "request_id": "a", "model_version": "v1", "served_ctr": 0.49, "rank": 2, "degraded": False,
+        "propensity": 1.0, "explored": False,
     }  # fmt: skip
 
 
