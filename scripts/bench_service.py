@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument(
+        "--logging",
+        nargs="+",
+        choices=("on", "off"),
+        default=["on", "off"],
+        help="the impression log (DIN_LOG_IMPRESSIONS), each measured in the same run",
+    )
+    p.add_argument(
         "--max-queue-ms",
         type=float,
         default=0.0,
@@ -179,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
             for n in {n for n, _ in grid}
         }
         rows = []
-        for wait_ms in a.microbatch_ms:
+        for wait_ms, logging in ((w, g) for w in a.microbatch_ms for g in a.logging):
             env = os.environ | {
+                "DIN_LOG_IMPRESSIONS": str(logging == "on").lower(),
                 "DIN_MODELS": str(repo.root),
                 "DIN_REDIS_URL": REDIS_URL,
                 "DIN_KEY_PREFIX": PREFIX,
@@ -195,19 +203,21 @@ def main(argv: list[str] | None = None) -> None:
                     ]
                     print(f"floors: {floors}", flush=True)
                 for n, c in grid:
-                    out = tmp / f"score-{n}-{c}-{wait_ms}.json"
+                    out = tmp / f"score-{n}-{c}-{wait_ms}-{logging}.json"
                     wrk(url, bodies[n], c, 3, out)  # warm-up
                     row = {
                         "n": n,
                         "l": L,
                         "concurrency": c,
                         "microbatch_ms": wait_ms,
+                        "logging": logging,
                         "workers": a.workers,
                         **wrk(url, bodies[n], c, a.seconds, out),
                     }
                     rows.append(row)
                     print(
-                        f"N={n:4d} L={L} c={c:2d} microbatch={wait_ms} ms: p50 {row['p50_ms']:.2f} ms  "
+                        f"N={n:4d} L={L} c={c:2d} microbatch={wait_ms} ms log {logging}: "
+                        f"p50 {row['p50_ms']:.2f} ms  "
                         f"p95 {row['p95_ms']:.2f}  p99 {row['p99_ms']:.2f}  {row['rps']:.0f} req/s  "
                         f"errors {row['errors']}",
                         flush=True,
@@ -222,10 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     info = machine()
-    md = "| N | L | concurrency | micro-batch wait | p50 ms | p95 ms | p99 ms | requests/s | errors |\n"
-    md += "|---" * 9 + "|\n"
+    md = "| N | L | concurrency | micro-batch wait | impression log | p50 ms | p95 ms | p99 ms | requests/s "
+    md += "| errors |\n"
+    md += "|---" * 10 + "|\n"
     md += "\n".join(
-        f"| {r['n']} | {r['l']} | {r['concurrency']} | {r['microbatch_ms']:g} ms | {r['p50_ms']:.2f} "
+        f"| {r['n']} | {r['l']} | {r['concurrency']} | {r['microbatch_ms']:g} ms | {r['logging']} "
+        f"| {r['p50_ms']:.2f} "
         f"| {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
         for r in rows
     )
@@ -253,9 +265,9 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for n, wait in sorted({(r["n"], r["microbatch_ms"]) for r in rows}):
-        pts = [r for r in rows if (r["n"], r["microbatch_ms"]) == (n, wait)]
-        label = f"N={n}, micro-batch {wait:g} ms"
+    for n, wait, logging in sorted({(r["n"], r["microbatch_ms"], r["logging"]) for r in rows}):
+        pts = [r for r in rows if (r["n"], r["microbatch_ms"], r["logging"]) == (n, wait, logging)]
+        label = f"N={n}, micro-batch {wait:g} ms, log {logging}"
         ax1.plot([r["concurrency"] for r in pts], [r["p50_ms"] for r in pts], "o-", label=f"p50, {label}")
         ax1.plot([r["concurrency"] for r in pts], [r["p99_ms"] for r in pts], "x--", label=f"p99, {label}")
         ax2.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=label)
