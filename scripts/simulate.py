@@ -77,6 +77,9 @@ class Client:
         host, port = url.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
 
+    def close(self) -> None:
+        self.conn.close()
+
     def post(self, path: str, body: Any) -> Any:
         try:
             self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -196,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         server, url = start_server(env)
         world = World.make(a.users, a.items, a.categories, a.drift, a.seed)
         days: list[dict[str, Any]] = []
+        client = Client(url)
         try:
-            client = Client(url)
             seed_users(client, world, history=5)
             serving_run = runs / "day0" / "run"
             exported: set[str] = set()
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 world.next_day()
         finally:
+            client.close()
             stop_server(server)
             redis.kill()
         result = {"command": " ".join(["scripts/simulate.py", *(argv or sys.argv[1:])]), "machine": machine(),

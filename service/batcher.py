@@ -83,8 +83,11 @@ class MicroBatcher:
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     break
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel of
+                # stop() when it lands as the timeout fires, and the loop would never end.
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                    async with asyncio.timeout(timeout):
+                        item = await self.queue.get()
                 except TimeoutError:
                     break
                 batch.append(item)
