@@ -7,7 +7,6 @@ optional profile and context columns. Everything is vectorised over whole column
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from model.din import Batch
 from model.feedback import COMMITS as FEEDBACK_COMMITS
+from model.feedback import read_commits
 from model.schema import MISSING_INT, MISSING_STR, PAD, FeatureSchema, FeatureSpace
 
 TIME_SPLIT = 0.1  # of an exported folder's samples, the newest validate and the newest after them test
@@ -182,10 +182,7 @@ def is_feedback_dir(directory: Path) -> bool:
 
 def read_feedback(directory: Path) -> pa.Table:
     """Every committed sample of an exported folder, oldest first."""
-    files = []
-    for line in (directory / FEEDBACK_COMMITS).read_text().splitlines():
-        if line.strip():
-            files += [directory / f for f in json.loads(line)["files"]]
+    files = [directory / name for batch in read_commits(directory) for name in batch["files"]]
     if not files:
         raise ValueError(f"{directory}: no samples exported yet")
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")

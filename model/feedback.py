@@ -112,22 +112,11 @@ class Exporter:
     # --- committing ------------------------------------------------------------------------------
     def watermark(self) -> str:
         """The last impression entry id of the last committed batch ("0-0" before any)."""
-        path = self.out / COMMITS
-        if not path.exists():
-            return "0-0"
-        last = "0-0"
-        for line in path.read_text().splitlines():
-            if line.strip():
-                last = json.loads(line)["last"]
-        return last
+        batches = read_commits(self.out)
+        return batches[-1]["last"] if batches else "0-0"
 
     def clean_uncommitted(self) -> None:
-        committed = set()
-        path = self.out / COMMITS
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    committed.update(json.loads(line)["files"])
+        committed = {name for batch in read_commits(self.out) for name in batch["files"]}
         for f in self.out.glob("*/*part-*"):
             if f.relative_to(self.out).as_posix() not in committed:
                 f.unlink()
@@ -188,6 +177,14 @@ class Exporter:
             f.flush()
             os.fsync(f.fileno())
         _fsync(self.out)
+
+
+def read_commits(out: Path) -> list[dict[str, Any]]:
+    """The committed batches of an exported folder, oldest first: first and last entry id, files."""
+    path = out / COMMITS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def attribute(

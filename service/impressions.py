@@ -5,7 +5,7 @@ On the request path ``ImpressionLog.log`` only appends a reference to the answer
 bounded buffer (no copy, no encoding); a background task encodes and flushes the buffer in
 pipelined batches. A full buffer or a sink that fails drops records and counts the impressions
 (``din_impressions_dropped_total{reason}``): logging never fails or slows an answer. The record
-format lives in ``service.keys`` (``encode_impression``), so a Kafka sink could replace the stream
+format lives in ``service.keys`` (``encode_feedback``), so a Kafka sink could replace the stream
 without touching the exporter's reading of it.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.keys import Keys, encode_impression
+from service.keys import Keys, encode_feedback
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -45,10 +45,14 @@ class ImpressionLog:
         self._stopping = False
         self._last_warning = 0.0
 
+    def wants(self) -> bool:
+        """Whether to log this answer (on, and sampled): asked before the record is built, so an
+        answer that is not logged costs nothing more."""
+        return self.enabled and (self.rate >= 1 or random.random() < self.rate)
+
     def log(self, record: dict[str, Any]) -> None:
-        """One /score answer (its ``items`` are the impressions). Never blocks, never raises."""
-        if not self.enabled or (self.rate < 1 and random.random() >= self.rate):
-            return
+        """One /score answer that ``wants`` chose (its ``items`` are the impressions). Never blocks,
+        never raises."""
         if len(self.buffer) >= self.capacity:
             self.metrics.impressions_dropped.labels(reason="buffer_full").inc(len(record["items"]))
             return
@@ -93,9 +97,7 @@ class ImpressionLog:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for record in batch:
-                    pipe.xadd(
-                        self.key, {"r": encode_impression(record)}, maxlen=self.maxlen, approximate=True
-                    )
+                    pipe.xadd(self.key, {"r": encode_feedback(record)}, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as e:
             self.metrics.impressions_dropped.labels(reason="sink_error").inc(items)

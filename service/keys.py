@@ -77,11 +77,8 @@ def encode_profile(fields: Mapping[str, Any]) -> Mapping[Any, bytes]:  # Any: re
 FEEDBACK_SCHEMA = 1
 
 
-def encode_impression(record: Mapping[str, Any]) -> bytes:
-    return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record})
-
-
-def encode_click(record: Mapping[str, Any]) -> bytes:
+def encode_feedback(record: Mapping[str, Any]) -> bytes:
+    """An impression or click record, stamped with the schema version."""
     return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record})
 
 

@@ -104,7 +104,7 @@ async def score(
     if attention is not None:
         for item, i in zip(items, order, strict=True):
             item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
-    if impressions is not None:
+    if impressions is not None and impressions.wants():
         logged = [
             {"rank": item["rank"], "ctr": item["ctr"], "candidate": rows[i]}
             for item, i in zip(items, order.tolist(), strict=True)

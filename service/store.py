@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.ids import RawId
-from service.keys import Keys, decode_history, decode_value, encode_click, encode_profile, encode_value
+from service.keys import Keys, decode_history, decode_value, encode_feedback, encode_profile, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class BehaviorStore:
             for click in clicks:
                 pipe.xadd(
                     self.keys.clicks(),
-                    {"r": encode_click(click)},
+                    {"r": encode_feedback(click)},
                     maxlen=self.stream_maxlen,
                     approximate=True,
                 )

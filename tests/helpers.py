@@ -15,7 +15,7 @@ import redis
 
 from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, sha256
 from model.feedback import Exporter
-from service.keys import Keys, encode_click, encode_impression
+from service.keys import Keys, encode_feedback
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # tests' own DB; every test writes under its own prefix
 
@@ -81,7 +81,7 @@ def served_log(table: pa.Table, out: Path, first_item: int = 0) -> None:
                 "items": [{"rank": 1, "ctr": 0.5,
                            "candidate": {"item_id": item, "category_id": row["category_id"]}}],
             }  # fmt: skip
-            r.xadd(keys.impressions(), {"r": encode_impression(record)}, id=f"{int(at * 1000)}-*")
+            r.xadd(keys.impressions(), {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
             if row["label"]:
                 click = {
                     "user_id": row["user_id"],
@@ -90,6 +90,6 @@ def served_log(table: pa.Table, out: Path, first_item: int = 0) -> None:
                     "at": at + 1,
                     "request_id": f"q{k}",
                 }
-                r.xadd(keys.clicks(), {"r": encode_click(click)})
+                r.xadd(keys.clicks(), {"r": encode_feedback(click)})
         Exporter(r, keys, out, window_seconds=60).export()
         r.close()

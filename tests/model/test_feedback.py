@@ -23,7 +23,7 @@ from model.bundle import load_bundle
 from model.feedback import COMMITS, Exporter
 from model.gate import predict_bundle
 from model.repository import ModelRepository
-from service.keys import Keys, encode_click, encode_impression
+from service.keys import Keys, encode_feedback
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import REDIS_URL, redis_prefix
@@ -52,12 +52,12 @@ def answer(r: redis.Redis, keys: Keys, at: float, request_id: str, user, items: 
             for k, i in enumerate(items)
         ],
     }  # fmt: skip
-    r.xadd(keys.impressions(), {"r": encode_impression(record)}, id=f"{int(at * 1000)}-*")
+    r.xadd(keys.impressions(), {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
 
 
 def click(r: redis.Redis, keys: Keys, at: float, user, item: int, request_id: str | None = None) -> None:
     record = {"user_id": user, "item_id": item, "ts": int(at), "at": at, "request_id": request_id}
-    r.xadd(keys.clicks(), {"r": encode_click(record)})
+    r.xadd(keys.clicks(), {"r": encode_feedback(record)})
 
 
 def exported(out: Path) -> list[dict]:
