@@ -57,11 +57,17 @@ bench-train: install
 
 # RUN: any run trained with the default settings (make bench-train writes this one).
 RUN ?= runs/bench_train/amazon-sports/DIN_default
-bench-model: install
+# Trained with the default settings when RUN does not exist yet (needs ../shared/data).
+$(RUN)/ckpt.pt: | install
+	$(BIN)/python -m model.train --data ../shared/data/amazon-sports --out $(RUN)
+
+bench-model: install $(RUN)/ckpt.pt
 	$(BIN)/python scripts/bench_model.py --run $(RUN) --tune \
 		--threads 1 2 --json runs/bench_model.json --png runs/bench_model.png --readme docs/benchmarks.md
 
-bench-service: install
+bench-service: install $(RUN)/ckpt.pt
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		{ echo "bench-service needs wrk (apt-get install wrk)"; exit 1; }
 	$(BIN)/python scripts/bench_service.py --run $(RUN) --json runs/bench_service.json --png runs/bench_service.png \
 		--readme docs/benchmarks.md
 

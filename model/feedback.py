@@ -195,9 +195,9 @@ def attribute(
     by_request: dict[tuple[Any, str], tuple[int, int]] = {}
     by_user_item: dict[tuple[str, str], list[tuple[float, int, int]]] = defaultdict(list)
     for a, (_, rec) in enumerate(unexported):
-        for j, item in enumerate(rec["items"]):
-            by_request.setdefault((rec["request_id"], _json(item["candidate"].get("item_id"))), (a, j))
-            key = (_json(rec["user_id"]), _json(item["candidate"].get("item_id")))
+        for j, cand in enumerate(rec["candidates"]):
+            by_request.setdefault((rec["request_id"], _json(cand.get("item_id"))), (a, j))
+            key = (_json(rec["user_id"]), _json(cand.get("item_id")))
             by_user_item[key].append((rec["ts"], a, j))
     clicked: set[tuple[int, int]] = set()
     for _, c in clicks:
@@ -225,8 +225,8 @@ def sample_rows(
         rec = answers[a][1]
         fields = rec["fields"]
         hist = {f"hist_{f}": [b.get(f) for b in rec["history"]] for f in fields}
-        for j, item in enumerate(rec["items"]):
-            cand = item["candidate"]
+        propensity, explored = rec.get("propensity"), rec.get("explored")
+        for j, cand in enumerate(rec["candidates"]):
             key = (rec["request_id"], _json(cand.get("item_id")))
             if key in reused:  # a request id a client reused: the first answer's impression
                 continue
@@ -242,11 +242,11 @@ def sample_rows(
                     "ts": rec["ts"],
                     "request_id": rec["request_id"],
                     "model_version": rec["model_version"],
-                    "served_ctr": item["ctr"],
-                    "rank": item["rank"],
+                    "served_ctr": rec["ctr"][j],
+                    "rank": j + 1,
                     "degraded": rec["degraded"],
-                    "propensity": item.get("propensity", 1.0),
-                    "explored": item.get("explored", False),
+                    "propensity": propensity[j] if propensity is not None else 1.0,
+                    "explored": explored[j] if explored is not None else False,
                 }
             )
     return rows

@@ -16,22 +16,19 @@ not change latency; sizes do). Also measures this machine's sgemm peak with a 20
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import io
 import itertools
 import json
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from torch import Tensor
 
+from baseline.export import export_tiled
 from benchutil import machine, replace_readme_block
 from model.bundle import session_options
 from model.din import DIN, Batch, Checkpoint, DINConfig
@@ -97,36 +94,6 @@ def macs(cfg: DINConfig, fd: int, other: int, n: int, length: int, variant: str)
     dims = (2 * fd + other, *cfg.mlp_hidden, 1)
     mlp = n * sum(a * b for a, b in itertools.pairwise(dims))
     return first + n * length * rest + n * length * fd + mlp
-
-
-class TiledTrainingGraph(torch.nn.Module):
-    """The training graph with a flat signature, as a plain export sees it."""
-
-    def __init__(self, model: DIN):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, profile: Tensor, context: Tensor, candidate: Tensor, history: Tensor, history_len: Tensor
-    ) -> Tensor:
-        return torch.sigmoid(self.model(Batch(profile, context, candidate, history, history_len)))
-
-
-def export_tiled(model: DIN, path: Path) -> None:
-    example = tile(random_inputs(model.space, [4, 2], [3, 2], 4, seed=0))
-    axes = {"profile": {0: "B"}, "context": {0: "B"}, "candidate": {0: "B"}, "history": {0: "B", 1: "L"}}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            TiledTrainingGraph(model).eval(),
-            tuple(example),
-            str(path),
-            input_names=["profile", "context", "candidate", "history", "history_len"],
-            output_names=["ctr"],
-            dynamic_axes=axes | {"history_len": {0: "B"}},
-            external_data=False,
-            dynamo=True,
-        )
 
 
 def bench(

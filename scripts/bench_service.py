@@ -7,7 +7,10 @@
 Loads amazon-sports users into Redis (DB 13, prefix ``bench:``; removed afterwards) with their
 newest 50 behaviours, and scores users that have at least 50 (so L = 50) against N random catalog
 items. In the same run it measures the floors: a trivial endpoint (GET /healthz, the HTTP floor),
-one pipelined Redis read, and the bare model call. Needs wrk (apt-get install wrk).
+one pipelined Redis read, and the bare model call; and the baseline, a straightforward service
+(scripts/baseline/app.py) on the same Redis data, weights and load. At concurrency 1 it also reads
+the server's CPU time per request from /proc: its event-loop (main) thread, and all its threads.
+Needs wrk (apt-get install wrk).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 import pyarrow.csv as pacsv
 import redis
 
+from baseline import SERVE_COMMAND as BASELINE_COMMAND
+from baseline.export import export_baseline
 from benchutil import machine, replace_readme_block
 from liveserver import ROOT, start_server, stop_server
 from load_behaviors import load, read_log
@@ -87,8 +92,30 @@ def wrk(url: str, bodies: list[str] | None, concurrency: int, seconds: int, out:
         "p95_ms": r["p95_us"] / 1e3,
         "p99_ms": r["p99_us"] / 1e3,
         "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "requests": r["requests"],
         "errors": r["socket_errors"] + r["non2xx"],
     }
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) so far of the process's main thread (uvicorn's event loop) and of
+    the whole process."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read(path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return read(f"/proc/{pid}/task/{pid}/stat"), read(f"/proc/{pid}/stat")
+
+
+def measure(url: str, pid: int, bodies: list[str], concurrency: int, seconds: int, out: Path) -> dict:
+    """One wrk run, with the server's CPU milliseconds per request (event loop, all threads)."""
+    loop0, all0 = cpu_seconds(pid)
+    row = wrk(url, bodies, concurrency, seconds, out)
+    loop1, all1 = cpu_seconds(pid)
+    done = max(row["requests"], 1)
+    return row | {"loop_cpu_ms": (loop1 - loop0) / done * 1e3, "cpu_ms": (all1 - all0) / done * 1e3}
 
 
 def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
@@ -149,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         help="DIN_MAX_QUEUE_MS; 0 (default here) turns admission control off, so the runs measure "
         "capacity: 16 back-to-back clients queue past the service's default 10 ms budget",
     )
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the straightforward service of scripts/baseline/",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--readme", type=Path, help="replace the bench_service block of this file")
@@ -163,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         export_bundle(a.run / "ckpt.pt", tmp / "bundle", version="bench")
+        export_baseline(a.run / "ckpt.pt", tmp / "baseline")
         repo = ModelRepository(tmp / "models")
         repo.set_current(repo.publish(tmp / "bundle"))
         log = read_log(str(a.data), None)
@@ -185,40 +219,55 @@ def main(argv: list[str] | None = None) -> None:
             ]
             for n in {n for n, _ in grid}
         }
-        rows = []
-        for wait_ms, logging in ((w, g) for w in a.microbatch_ms for g in a.logging):
-            env = os.environ | {
-                "DIN_LOG_IMPRESSIONS": str(logging == "on").lower(),
-                "DIN_MODELS": str(repo.root),
-                "DIN_REDIS_URL": REDIS_URL,
-                "DIN_KEY_PREFIX": PREFIX,
-                "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
-                "DIN_MAX_QUEUE_MS": str(a.max_queue_ms),
+        rows: list[dict] = []
+        builds: list[tuple[dict[str, str], list[str] | None, dict]] = [
+            (
+                {
+                    "DIN_LOG_IMPRESSIONS": str(logging == "on").lower(),
+                    "DIN_MODELS": str(repo.root),
+                    "DIN_REDIS_URL": REDIS_URL,
+                    "DIN_KEY_PREFIX": PREFIX,
+                    "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
+                    "DIN_MAX_QUEUE_MS": str(a.max_queue_ms),
+                },
+                None,
+                {"build": "service", "microbatch_ms": wait_ms, "logging": logging},
+            )
+            for wait_ms in a.microbatch_ms
+            for logging in a.logging
+        ]
+        if a.baseline:
+            baseline_env = {
+                "BASELINE_MODEL_DIR": str(tmp / "baseline"),
+                "BASELINE_REDIS_URL": REDIS_URL,
+                "BASELINE_KEY_PREFIX": PREFIX,
             }
-            server, url = start_server(env, a.workers)
+            builds.append((baseline_env, BASELINE_COMMAND, {"build": "baseline"}))
+        for extra_env, command, labels in builds:
+            server, url = start_server(os.environ | extra_env, a.workers, command=command)
             try:
                 if "http_p50_ms" not in floors:
                     floors["http_p50_ms"] = wrk(url, None, 1, max(3, a.seconds // 3), tmp / "floor.json")[
                         "p50_ms"
                     ]
+                    floors["sum_ms"] = floors["http_p50_ms"] + floors["redis_p50_ms"] + floors["model_p50_ms"]
                     print(f"floors: {floors}", flush=True)
                 for n, c in grid:
-                    out = tmp / f"score-{n}-{c}-{wait_ms}-{logging}.json"
+                    out = tmp / f"score-{n}-{c}-{len(rows)}.json"
                     wrk(url, bodies[n], c, 3, out)  # warm-up
                     row = {
                         "n": n,
                         "l": L,
                         "concurrency": c,
-                        "microbatch_ms": wait_ms,
-                        "logging": logging,
                         "workers": a.workers,
-                        **wrk(url, bodies[n], c, a.seconds, out),
+                        **labels,
+                        **measure(url, server.pid, bodies[n], c, a.seconds, out),
                     }
                     rows.append(row)
                     print(
-                        f"N={n:4d} L={L} c={c:2d} microbatch={wait_ms} ms log {logging}: "
-                        f"p50 {row['p50_ms']:.2f} ms  "
+                        f"{describe(row)} N={n:4d} L={L} c={c:2d}: p50 {row['p50_ms']:.2f} ms  "
                         f"p95 {row['p95_ms']:.2f}  p99 {row['p99_ms']:.2f}  {row['rps']:.0f} req/s  "
+                        f"CPU/request: event loop {row['loop_cpu_ms']:.2f} ms, all {row['cpu_ms']:.2f} ms  "
                         f"errors {row['errors']}",
                         flush=True,
                     )
@@ -232,23 +281,17 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     info = machine()
-    md = "| N | L | concurrency | micro-batch wait | impression log | p50 ms | p95 ms | p99 ms | requests/s "
-    md += "| errors |\n"
-    md += "|---" * 10 + "|\n"
-    md += "\n".join(
-        f"| {r['n']} | {r['l']} | {r['concurrency']} | {r['microbatch_ms']:g} ms | {r['logging']} "
-        f"| {r['p50_ms']:.2f} "
-        f"| {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
-        for r in rows
-    )
+    md = table(rows, floors)
     md += (
         f"\n\nFloors in the same run: HTTP (GET /healthz) p50 {floors['http_p50_ms']:.2f} ms, "
         f"Redis pipelined read p50 {floors['redis_p50_ms']:.2f} ms, "
-        f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms. "
+        f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms; "
+        f"their sum {floors['sum_ms']:.2f} ms. "
         f"{a.workers} uvicorn worker(s), admission control "
         f"{f'at DIN_MAX_QUEUE_MS={a.max_queue_ms:g}' if a.max_queue_ms else 'off'}. "
         f"Machine: {info}; wrk and the server share it."
     )
+    md += versus_baseline(rows)
     print("\n" + md)
     if a.json:
         a.json.write_text(json.dumps({"machine": info, "floors": floors, "rows": rows}, indent=2))
@@ -258,6 +301,44 @@ def main(argv: list[str] | None = None) -> None:
         replace_readme_block(a.readme, "bench_service", md)
 
 
+def describe(row: dict) -> str:
+    if row["build"] == "baseline":
+        return "baseline"
+    return f"service, micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}"
+
+
+def table(rows: list[dict], floors: dict) -> str:
+    md = "| build | N | L | concurrency | p50 ms | p50 / floors | p95 ms | p99 ms | requests/s "
+    md += "| event-loop CPU ms/request | errors |\n" + "|---" * 11 + "|\n"
+    return md + "\n".join(
+        f"| {describe(r)} | {r['n']} | {r['l']} | {r['concurrency']} | {r['p50_ms']:.2f} "
+        f"| {r['p50_ms'] / floors['sum_ms']:.1f}× | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} "
+        f"| {r['loop_cpu_ms']:.2f} | {r['errors']} |"
+        for r in rows
+    )
+
+
+def versus_baseline(rows: list[dict]) -> str:
+    """The service (micro-batching off, logging on if measured) against the baseline, per N."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        base = {r["concurrency"]: r for r in rows if r["build"] == "baseline" and r["n"] == n}
+        ours = [r for r in rows if r["build"] == "service" and r["n"] == n and r["microbatch_ms"] == 0]
+        ours.sort(key=lambda r: r["logging"] != "on")
+        mine: dict[int, dict] = {}
+        for r in ours:
+            mine.setdefault(r["concurrency"], r)
+        if 1 in base and 1 in mine and 16 in base and 16 in mine:
+            out.append(
+                f"At N = {n}, the service (impression log {mine[1]['logging']}) against the baseline: "
+                f"c = 1 p50 {mine[1]['p50_ms']:.2f} vs {base[1]['p50_ms']:.2f} ms "
+                f"({base[1]['p50_ms'] / mine[1]['p50_ms']:.1f}× lower), "
+                f"c = 16 {mine[16]['rps']:.0f} vs {base[16]['rps']:.0f} requests/s "
+                f"({mine[16]['rps'] / base[16]['rps']:.1f}× higher)."
+            )
+    return "".join("\n\n" + line for line in out)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -265,9 +346,9 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for n, wait, logging in sorted({(r["n"], r["microbatch_ms"], r["logging"]) for r in rows}):
-        pts = [r for r in rows if (r["n"], r["microbatch_ms"], r["logging"]) == (n, wait, logging)]
-        label = f"N={n}, micro-batch {wait:g} ms, log {logging}"
+    for n, build in sorted({(r["n"], describe(r)) for r in rows}):
+        pts = [r for r in rows if (r["n"], describe(r)) == (n, build)]
+        label = f"N={n}, {build}"
         ax1.plot([r["concurrency"] for r in pts], [r["p50_ms"] for r in pts], "o-", label=f"p50, {label}")
         ax1.plot([r["concurrency"] for r in pts], [r["p99_ms"] for r in pts], "x--", label=f"p99, {label}")
         ax2.plot([r["concurrency"] for r in pts], [r["rps"] for r in pts], "o-", label=label)

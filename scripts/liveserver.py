@@ -38,11 +38,12 @@ def wait_ready(url: str, timeout: float = 180, server: subprocess.Popen[bytes] |
 
 
 def start_server(
-    env: dict[str, str], workers: int = 1, quiet: bool = True
+    env: dict[str, str], workers: int = 1, quiet: bool = True, command: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Runs SERVE_COMMAND on a free port with ``env``; returns once /readyz answers 200."""
+    """Runs SERVE_COMMAND (or another uvicorn ``command``, e.g. the benchmark's baseline) on a free
+    port with ``env``; returns once /readyz answers 200."""
     port = free_port()
-    cmd = [sys.executable, *SERVE_COMMAND[1:], "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, *(command or SERVE_COMMAND)[1:], "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers)]
     if quiet:
         cmd += ["--no-access-log", "--log-level", "warning"]

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchutil import machine
+from benchutil import machine, replace_readme_block
 from harness import RedisServer
 from liveserver import ROOT, start_server, stop_server
 from model.metrics import gauc
@@ -68,6 +68,29 @@ class World:
         """Interests drift: a small share of each user's taste is redrawn."""
         fresh = self.rng.dirichlet(np.full(self.interests.shape[1], 0.3), len(self.interests))
         self.interests = (1 - self.drift) * self.interests + self.drift * fresh
+
+
+def history_bound(world: World, lengths: list[int], k: int, slate: int, visits: int = 4) -> dict[int, float]:
+    """Share of the oracle's CTR that a ranking reaches when it knows every item's appeal and
+    guesses each user's interests from ``length`` behaviours alone (the posterior mean under the
+    world's Dirichlet prior, from the categories of behaviours drawn as the users' first ones are):
+    what any model of the history can do, per history length."""
+    rng, c = np.random.default_rng(1), world.interests.shape[1]
+    out = {}
+    for length in lengths:
+        got, best = [], []
+        for u in range(len(world.interests)):
+            p = world.interests[u, world.category] * world.appeal
+            seen = rng.choice(len(p), length, p=p / p.sum())
+            guess = (0.3 + np.bincount(world.category[seen], minlength=c)) / (0.3 * c + length)
+            for _ in range(visits):
+                cands = rng.choice(len(world.category), slate, replace=False)
+                truth = world.p_click(u, cands)
+                top = np.argsort(-guess[world.category[cands]] * world.appeal[cands])[:k]
+                got.append(truth[top].mean())
+                best.append(np.sort(truth)[::-1][:k].mean())
+        out[length] = float(np.mean(got) / np.mean(best))
+    return out
 
 
 class Client:
@@ -159,26 +182,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=400)
     p.add_argument("--items", type=int, default=600)
     p.add_argument("--categories", type=int, default=20)
-    p.add_argument("--visits", type=int, default=4, help="visits per user per day")
+    p.add_argument("--visits", type=int, default=8, help="visits per user per day")
     p.add_argument("--slate", type=int, default=40, help="candidates scored per visit")
     p.add_argument("--k", type=int, default=5, help="items shown per visit")
     p.add_argument("--drift", type=float, default=0.05, help="share of each user's interests redrawn daily")
-    p.add_argument("--epochs", type=int, default=3, help="per retrain")
+    p.add_argument("--epochs", type=int, default=10, help="per retrain (an upper bound: early stopping)")
+    # A day's log is small (16,000 impressions by default): more, smaller steps than model.train's
+    # defaults, or the five retrains end far from what the logs can teach.
+    p.add_argument("--lr", type=float, default=3e-3, help="per retrain")
+    p.add_argument("--batch-size", type=int, default=128, help="per retrain")
     p.add_argument("--explore", type=float, default=0.0, help="the service's DIN_EXPLORE_SHARE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="3 days, 150 users, 2 visits")
+    p.add_argument(
+        "--bound", action="store_true", help="print what a ranking from the history alone can reach, and stop"
+    )
     p.add_argument("--work", type=Path, help="keep everything here (default: a temporary folder)")
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
+    p.add_argument(
+        "--readme",
+        type=Path,
+        help="replace this file's simulate block (simulate_explore with --explore) with the days' table",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.days, a.users, a.visits, a.epochs = 3, 150, 2, 2
-    if min(a.days, a.users, a.items, a.categories, a.visits, a.k, a.epochs) < 1 or a.slate < a.k:
+    if (
+        min(a.days, a.users, a.items, a.categories, a.visits, a.k, a.epochs, a.batch_size) < 1
+        or a.slate < a.k
+    ):
         p.error("counts must be >= 1 and --slate >= --k")
     if not 0 <= a.explore <= 0.5:
         p.error("--explore must be between 0 and 0.5")
+    if a.lr <= 0:
+        p.error("--lr must be > 0")
     if a.slate > a.items:
         p.error("--slate must not exceed --items")
+
+    if a.bound:
+        world = World.make(a.users, a.items, a.categories, a.drift, a.seed)
+        for length, share in history_bound(world, [5, 10, 20, 40], a.k, a.slate).items():
+            print(f"{length} behaviours per user: {share:.0%} of the oracle's CTR")
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         work = a.work or Path(tmp)
@@ -188,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         py = sys.executable
         print(f"training the cold model on the synthetic generator (log: {log})", flush=True)
         redeploy = [py, "scripts/redeploy.py", "--models", str(repo), "--work", str(runs), "--nice", "0",
-                    "--max-history", "50", "--epochs", str(a.epochs)]  # fmt: skip
+                    "--max-history", "50", "--epochs", str(a.epochs), "--lr", str(a.lr),
+                    "--batch-size", str(a.batch_size)]  # fmt: skip
         if run_cmd([*redeploy, "--version", "day0", "--data", "synthetic"], log):
             raise SystemExit(f"the cold model failed to train; see {log}")
         redis = RedisServer(work)
@@ -247,7 +294,22 @@ def main(argv: list[str] | None = None) -> int:
         a.json.write_text(json.dumps(result, indent=1, default=str))
     if a.png:
         plot(days, a.png)
+    if a.readme:
+        replace_readme_block(a.readme, "simulate_explore" if a.explore else "simulate", table(result))
     return 0
+
+
+def table(result: dict[str, Any]) -> str:
+    md = "| day | model | impressions | clicks | realized CTR | oracle CTR | random CTR | share of oracle "
+    md += "| GAUC of the day's logs | retrain |\n" + "|---" * 10 + "|\n"
+    md += "\n".join(
+        f"| {d['day']} | {d['model_version']} | {d['impressions']} | {d['clicks']} | {d['ctr']:.4f} "
+        f"| {d['oracle_ctr']:.4f} | {d['random_ctr']:.4f} | {d['ctr'] / d['oracle_ctr']:.0%} "
+        f"| {d['gauc']:.3f} "
+        f"| {d.get('retrain', '-')} |"
+        for d in result["days"]
+    )
+    return md + f"\n\n`{result['command']}`; machine: {result['machine']}."
 
 
 def plot(days: list[dict[str, Any]], path: Path) -> None:
@@ -256,16 +318,21 @@ def plot(days: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = [d["day"] for d in days]
     for key, label in (("oracle_ctr", "oracle"), ("ctr", "served model"), ("random_ctr", "random")):
-        ax.plot(x, [d[key] for d in days], "o-", label=label)
-    ax.set_xlabel("day (retrained on its own logs after each)")
-    ax.set_ylabel("CTR")
-    ax.legend()
+        ax1.plot(x, [d[key] for d in days], "o-", label=label)
+    ax1.set(xlabel="day (retrained on its own logs after each)", ylabel="CTR", ylim=(0, None))
+    ax1.legend(loc="center right")
+    ax2.plot(x, [d["ctr"] / d["oracle_ctr"] for d in days], "o-", color="C1", label="served model")
+    ax2.plot(x, [d["random_ctr"] / d["oracle_ctr"] for d in days], "o-", color="C2", label="random")
+    ax2.set(xlabel="day", ylabel="share of the oracle's CTR", ylim=(0, 1))
+    ax2.legend(loc="center right")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

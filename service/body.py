@@ -9,7 +9,7 @@ a declared content type other than JSON is a 415, a body that does not parse is 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -52,13 +52,19 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return dependency
 
 
-def json_route(model: type[BaseModel], **route: Any) -> dict[str, Any]:
-    """The ``router.post`` arguments of a route whose body ``json_body(model)`` reads: its errors,
+def json_route(
+    model: type[BaseModel], parameters: Sequence[dict[str, Any]] = (), **route: Any
+) -> dict[str, Any]:
+    """The ``router.post`` arguments of a route whose body ``parse(model, ...)`` reads: its errors,
     and the body's schema, which FastAPI cannot see (``service.openapi`` narrows it to the loaded
-    model's features)."""
+    model's features); plus the OpenAPI ``parameters`` of a route that reads them itself."""
     schema = model.model_json_schema(ref_template="#/$defs/{model}")
-    body = {"required": True, "content": {"application/json": {"schema": schema}}}
-    return {"responses": errors_of(413, 415, 422, 503), "openapi_extra": {"requestBody": body}, **route}
+    extra: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+    }
+    if parameters:
+        extra["parameters"] = list(parameters)
+    return {"responses": errors_of(413, 415, 422, 503), "openapi_extra": extra, **route}
 
 
 def _is_utf8(raw: bytes) -> bool:

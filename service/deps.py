@@ -1,4 +1,5 @@
-"""Dependencies as Annotated aliases over what ``lifespan`` put in ``app.state``.
+"""Dependencies as Annotated aliases over what ``lifespan`` put in ``app.state`` (POST /score, the
+hot path, reads ``app.state`` itself: service.routes.score).
 
 The getters are async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, and
 six thread hops per request cost more than the rest of the request's Python."""
@@ -10,12 +11,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.body import json_body
-from service.deadline import Deadline
-from service.impressions import ImpressionLog
 from service.metrics import Metrics
 from service.model_slot import ModelSlot
 from service.runner import ModelRunner
-from service.schemas import EventsRequest, ProfileRequest, ScoreRequest
+from service.schemas import EventsRequest, ProfileRequest
 from service.settings import Settings
 from service.shutdown import Drain
 from service.store import BehaviorStore
@@ -42,16 +41,8 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-async def get_impressions(request: Request) -> ImpressionLog:
-    return request.app.state.impressions
-
-
 async def get_drain(request: Request) -> Drain:
     return request.app.state.drain
-
-
-async def get_deadline(request: Request) -> Deadline | None:
-    return getattr(request.state, "deadline", None)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -59,9 +50,6 @@ ModelsDep = Annotated[ModelSlot, Depends(get_models)]
 RunnerDep = Annotated[ModelRunner, Depends(get_runner)]
 StoreDep = Annotated[BehaviorStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-ImpressionsDep = Annotated[ImpressionLog, Depends(get_impressions)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
-DeadlineDep = Annotated[Deadline | None, Depends(get_deadline)]
-ScoreBody = Annotated[ScoreRequest, Depends(json_body(ScoreRequest))]
 EventsBody = Annotated[EventsRequest, Depends(json_body(EventsRequest))]
 ProfileBody = Annotated[ProfileRequest, Depends(json_body(ProfileRequest))]

@@ -51,10 +51,10 @@ class ImpressionLog:
         return self.enabled and (self.rate >= 1 or random.random() < self.rate)
 
     def log(self, record: dict[str, Any]) -> None:
-        """One /score answer that ``wants`` chose (its ``items`` are the impressions). Never blocks,
-        never raises."""
+        """One /score answer that ``wants`` chose (its ``candidates`` are the impressions). Never
+        blocks, never raises."""
         if len(self.buffer) >= self.capacity:
-            self.metrics.impressions_dropped.labels(reason="buffer_full").inc(len(record["items"]))
+            self.metrics.impressions_dropped.labels(reason="buffer_full").inc(len(record["candidates"]))
             return
         self.buffer.append(record)
         if len(self.buffer) >= FLUSH_BATCH:
@@ -93,7 +93,7 @@ class ImpressionLog:
         batch = [self.buffer.popleft() for _ in range(min(FLUSH_BATCH, len(self.buffer)))]
         if not batch:
             return
-        items = sum(len(r["items"]) for r in batch)
+        items = sum(len(r["candidates"]) for r in batch)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for record in batch:

@@ -67,24 +67,37 @@ def encode_profile(fields: Mapping[str, Any]) -> Mapping[Any, bytes]:  # Any: re
 
 
 # The feedback records: versioned, so a reader refuses a format it does not know. An impression
-# record is one /score answer, its features exactly as scored:
-#   {"schema": 1, "request_id", "ts" (server time, s), "user_id", "model_version", "degraded",
+# record is one /score answer, its features exactly as scored, the served items as columns in rank
+# order (rank = position + 1):
+#   {"schema": 2, "request_id", "ts" (server time, s), "user_id", "model_version", "degraded",
 #    "fields": the behaviour fields scored, "history": [records as read, oldest first],
 #    "profile": {feature: value or null}, "context": {feature: value},
-#    "items": [{"rank", "ctr", "candidate": {the candidate as sent}}, ...]}
+#    "candidates": [each served candidate as sent], "ctr": [its served CTR],
+#    with exploration also "propensity": [P(shown in that slot)], "explored": [bool]}
+# Schema 1 held "items": [{"rank", "ctr", "candidate", "propensity"?, "explored"?}]; it is still read.
 # A click record is one /events event:
-#   {"schema": 1, "user_id", "item_id", "ts" (the event's), "at" (server time, s), "request_id" or null}
-FEEDBACK_SCHEMA = 1
+#   {"schema": 2, "user_id", "item_id", "ts" (the event's), "at" (server time, s), "request_id" or null}
+FEEDBACK_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 def encode_feedback(record: Mapping[str, Any]) -> bytes:
-    """An impression or click record, stamped with the schema version."""
-    return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record})
+    """An impression or click record, stamped with the schema version. Numpy arrays (the CTR
+    column) are written as JSON arrays, float32 by its shortest repr."""
+    return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def decode_feedback(raw: bytes | str) -> dict[str, Any]:
-    """An impression or click record; ValueError for one of a format this code does not read."""
+    """An impression or click record in the current layout; ValueError for one of a format this
+    code does not read."""
     record = orjson.loads(raw)
-    if not isinstance(record, dict) or record.get("schema") != FEEDBACK_SCHEMA:
-        raise ValueError(f"not a feedback record of schema {FEEDBACK_SCHEMA}")
+    if not isinstance(record, dict) or record.get("schema") not in READABLE_SCHEMAS:
+        raise ValueError(f"not a feedback record of schema {' or '.join(map(str, READABLE_SCHEMAS))}")
+    if record["schema"] == 1 and "items" in record:
+        items = record.pop("items")
+        record["candidates"] = [i["candidate"] for i in items]
+        record["ctr"] = [i["ctr"] for i in items]
+        if any("propensity" in i for i in items):
+            record["propensity"] = [i.get("propensity", 1.0) for i in items]
+            record["explored"] = [i.get("explored", False) for i in items]
     return record

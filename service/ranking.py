@@ -95,7 +95,9 @@ async def score(
     propensity = explored = None
     if settings.explore_share > 0 and len(order) < len(rows):
         order, propensity, explored = explore(order, len(rows), settings.explore_share)
-    ranked = zip(order.tolist(), ctr[order].tolist(), strict=True)
+    # float64, so the logged CTR is the answer's to the last digit
+    served, served_ctr = order.tolist(), ctr[order].astype(np.float64)
+    ranked = zip(served, served_ctr.tolist(), strict=True)
     items = [{**rows[i], "ctr": p, "rank": rank} for rank, (i, p) in enumerate(ranked, start=1)]
     if explored is not None:
         for item, was_explored in zip(items, explored.tolist(), strict=True):
@@ -105,27 +107,22 @@ async def score(
         for item, i in zip(items, order, strict=True):
             item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
     if impressions is not None and impressions.wants():
-        logged = [
-            {"rank": item["rank"], "ctr": item["ctr"], "candidate": rows[i]}
-            for item, i in zip(items, order.tolist(), strict=True)
-        ]
+        record = {
+            "request_id": request_id,
+            "ts": time.time(),
+            "user_id": req.user_id,
+            "model_version": runner.version,
+            "degraded": state is None,
+            "fields": schema.behavior,
+            "history": history,
+            "profile": {k: profile.get(k) for k in schema.profile},
+            "context": {k: context.get(k) for k in schema.context},
+            "candidates": [rows[i] for i in served],
+            "ctr": served_ctr,  # a numpy array: encoded by the log's background task, off this path
+        }
         if propensity is not None and explored is not None:
-            for entry, p, e in zip(logged, propensity.tolist(), explored.tolist(), strict=True):
-                entry |= {"propensity": p, "explored": e}
-        impressions.log(
-            {
-                "request_id": request_id,
-                "ts": time.time(),
-                "user_id": req.user_id,
-                "model_version": runner.version,
-                "degraded": state is None,
-                "fields": schema.behavior,
-                "history": history,
-                "profile": {k: profile.get(k) for k in schema.profile},
-                "context": {k: context.get(k) for k in schema.context},
-                "items": logged,
-            }
-        )
+            record |= {"propensity": propensity, "explored": explored}
+        impressions.log(record)
     metrics.stage_seconds.labels(stage="total").observe(time.perf_counter() - t0)
     return body | {"history_length": len(history), "items": items}
 

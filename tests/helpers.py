@@ -78,8 +78,7 @@ def served_log(table: pa.Table, out: Path, first_item: int = 0) -> None:
                             for i, c in zip(row["hist_item_id"], row["hist_category_id"], strict=True)],
                 "profile": {"age": row["age"], "gender": row["gender"]},
                 "context": {"hour": row["hour"], "weekday": row["weekday"]},
-                "items": [{"rank": 1, "ctr": 0.5,
-                           "candidate": {"item_id": item, "category_id": row["category_id"]}}],
+                "candidates": [{"item_id": item, "category_id": row["category_id"]}], "ctr": [0.5],
             }  # fmt: skip
             r.xadd(keys.impressions(), {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
             if row["label"]:

@@ -47,10 +47,8 @@ def answer(r: redis.Redis, keys: Keys, at: float, request_id: str, user, items: 
         "fields": ["item_id", "category_id"],
         "history": [{"item_id": 1, "category_id": 1, "ts": 5}, {"item_id": 2, "category_id": 1, "ts": 6}],
         "profile": {"age": 30, "gender": "F"}, "context": {"hour": 3, "weekday": 1},
-        "items": [
-            {"rank": k + 1, "ctr": 0.5 - k / 100, "candidate": {"item_id": i, "category_id": i % 3}}
-            for k, i in enumerate(items)
-        ],
+        "candidates": [{"item_id": i, "category_id": i % 3} for i in items],
+        "ctr": [0.5 - k / 100 for k in range(len(items))],
     }  # fmt: skip
     r.xadd(keys.impressions(), {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
 
@@ -101,6 +99,24 @@ def test_rows_have_the_sample_layout_and_the_served_extras(streams, tmp_path):
         "request_id": "a", "model_version": "v1", "served_ctr": 0.49, "rank": 2, "degraded": False,
         "propensity": 1.0, "explored": False,
     }  # fmt: skip
+
+
+def test_a_schema_1_answer_from_an_older_service_exports_the_same_rows(streams, tmp_path):
+    r, keys = streams
+    record = {
+        "schema": 1, "request_id": "old", "ts": T0, "user_id": "u", "model_version": "v0", "degraded": False,
+        "fields": ["item_id", "category_id"], "history": [{"item_id": 1, "category_id": 1}],
+        "profile": {"age": 30, "gender": "F"}, "context": {"hour": 3, "weekday": 1},
+        "items": [{"rank": 1, "ctr": 0.7, "candidate": {"item_id": 9, "category_id": 0}},
+                  {"rank": 2, "ctr": 0.2, "candidate": {"item_id": 4, "category_id": 1},
+                   "propensity": 0.05, "explored": True}],
+    }  # fmt: skip
+    r.xadd(keys.impressions(), {"r": json.dumps(record)}, id=f"{int(T0 * 1000)}-*")
+    click(r, keys, T0 + 5, "u", 4, request_id="old")
+    Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 1000)
+    got = [(x["item_id"], x["served_ctr"], x["rank"], x["propensity"], x["explored"], x["label"])
+           for x in exported(tmp_path)]  # fmt: skip
+    assert got == [(9, 0.7, 1, 1.0, False, 0), (4, 0.2, 2, 0.05, True, 1)]
 
 
 def test_an_answer_waits_out_the_label_window_and_is_then_exported_once(streams, tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from simulate import main
+from simulate import World, history_bound, main
 
 pytestmark = pytest.mark.slow
 
@@ -30,3 +30,9 @@ def test_the_quick_simulation_serves_exports_and_redeploys_every_day(tmp_path):
         assert d["oracle_ctr"] > d["random_ctr"] > 0  # the same slates, ranked by the truth or at random
         assert 0 <= d["gauc"] <= 1
     assert (tmp_path / "simulate.png").stat().st_size > 0
+
+
+def test_the_history_bound_grows_with_the_history_and_stays_below_the_oracle():
+    world = World.make(users=100, items=300, categories=20, drift=0.05, seed=0)
+    bound = history_bound(world, [1, 40], k=5, slate=40)
+    assert 0 < bound[1] < bound[40] <= 1

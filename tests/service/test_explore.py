@@ -48,12 +48,13 @@ def test_the_service_marks_explored_items_and_logs_their_propensity(settings, sh
             for i in range(60)
         ]
     marked = [item for a in answers for item in a["items"] if item.get("explored")]
-    logged = [item for r in stream(settings, "impressions", want=60) for item in r["items"]]
-    assert len(logged) == 180
+    records = stream(settings, "impressions", want=60)
+    assert sum(len(r["candidates"]) for r in records) == 180
     if share == 0:
-        assert not marked and all("propensity" not in item for item in logged)
+        assert not marked and all("propensity" not in r and "explored" not in r for r in records)
         return
     assert 0 < len(marked) < 180  # 72 expected
-    assert sum(item["explored"] for item in logged) == len(marked)
-    for item in logged:
-        assert item["propensity"] == (0.4 * 3 / 5 if item["explored"] else 0.6)
+    logged = [(e, p) for r in records for e, p in zip(r["explored"], r["propensity"], strict=True)]
+    assert sum(e for e, _ in logged) == len(marked)
+    for was_explored, propensity in logged:
+        assert propensity == (0.4 * 3 / 5 if was_explored else 0.6)

@@ -79,7 +79,7 @@ def test_each_returned_item_is_logged_with_the_features_exactly_as_scored(client
     ).json()
 
     (record,) = stream(settings, "impressions")
-    assert record["schema"] == 1 and record["request_id"] == answer["request_id"]
+    assert record["schema"] == 2 and record["request_id"] == answer["request_id"]
     assert record["user_id"] == "imp" and record["model_version"] == answer["model_version"]
     assert record["degraded"] is False and record["fields"] == ["item_id", "category_id"]
     # The history as read for the model: the newest max_history (20 for the test model), oldest first.
@@ -87,10 +87,11 @@ def test_each_returned_item_is_logged_with_the_features_exactly_as_scored(client
     assert record["context"] == context
     assert set(record["profile"]) == {"age", "gender"} and record["profile"]["age"] == 30
     assert record["profile"]["gender"] is None  # not sent: scored as missing, logged as missing
-    served = [
-        (i["rank"], i["ctr"], {k: i[k] for k in ("item_id", "category_id", "note")}) for i in answer["items"]
+    assert [i["rank"] for i in answer["items"]] == [1, 2, 3]  # top 3 only, logged in rank order
+    assert record["ctr"] == [i["ctr"] for i in answer["items"]]
+    assert record["candidates"] == [
+        {k: i[k] for k in ("item_id", "category_id", "note")} for i in answer["items"]
     ]
-    assert [(i["rank"], i["ctr"], i["candidate"]) for i in record["items"]] == served  # top 3 only
     assert time.time() - 60 < record["ts"] <= time.time()
 
 

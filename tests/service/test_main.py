@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from liveserver import ROOT
 
 
@@ -34,3 +36,17 @@ def test_the_serve_command_turns_onnxruntime_telemetry_off_unless_told_otherwise
             [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=run_env
         )
         assert done.returncode == 0 and done.stdout.split()[-1] == want, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "want"),
+    [([], {}, 1), (["--workers", "3"], {}, 3), (["--workers=2"], {}, 2), ([], {"WEB_CONCURRENCY": "4"}, 4),
+     (["--workers", "2"], {"WEB_CONCURRENCY": "4"}, 2), (["--workers", "x"], {}, 1)],
+)  # fmt: skip
+def test_the_worker_count_is_read_as_uvicorn_reads_it(monkeypatch, argv, env, want):
+    from service.__main__ import worker_count
+
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert worker_count(argv) == want
