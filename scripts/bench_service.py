@@ -8,9 +8,9 @@ Loads amazon-sports users into Redis (DB 13, prefix ``bench:``; removed afterwar
 newest 50 behaviours, and scores users that have at least 50 (so L = 50) against N random catalog
 items. In the same run it measures the floors: a trivial endpoint (GET /healthz, the HTTP floor),
 one pipelined Redis read, and the bare model call; and the baseline, a straightforward service
-(scripts/baseline/app.py) on the same Redis data, weights and load. At concurrency 1 it also reads
-the server's CPU time per request from /proc: its event-loop (main) thread, and all its threads.
-Needs wrk (apt-get install wrk).
+(scripts/baseline/app.py) on the same Redis data, weights and load. Each run also reads the
+server's CPU time per request from /proc: its main thread (with one worker, the event loop) and all
+its threads. Needs wrk (apt-get install wrk; make bench-service installs it).
 """
 
 from __future__ import annotations
@@ -118,6 +118,21 @@ def measure(url: str, pid: int, bodies: list[str], concurrency: int, seconds: in
     return row | {"loop_cpu_ms": (loop1 - loop0) / done * 1e3, "cpu_ms": (all1 - all0) / done * 1e3}
 
 
+def load_users(client: redis.Redis, keys: Keys, data: Path) -> tuple[list[int], list[dict]]:
+    """Loads the dataset's users (newest L behaviours each) under PREFIX; returns the users with at
+    least L behaviours, and the catalog's items (candidates)."""
+    log = read_log(str(data), None)
+    load(client, log, keys, cap=L, ttl=3600, batch=1000, progress=False)
+    users_all, counts = np.unique(log.user, return_counts=True)
+    return [int(u) for u in users_all[counts >= L]], pacsv.read_csv(data / "items.csv.gz").to_pylist()
+
+
+def clear(client: redis.Redis) -> None:
+    stale = list(client.scan_iter(match=f"{PREFIX}*", count=10_000))
+    for k in range(0, len(stale), 10_000):
+        client.delete(*stale[k : k + 10_000])
+
+
 def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
     client = redis.Redis.from_url(REDIS_URL)
     times = []
@@ -199,11 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         export_baseline(a.run / "ckpt.pt", tmp / "baseline")
         repo = ModelRepository(tmp / "models")
         repo.set_current(repo.publish(tmp / "bundle"))
-        log = read_log(str(a.data), None)
-        load(client, log, keys, cap=L, ttl=3600, batch=1000, progress=False)
-        users_all, counts = np.unique(log.user, return_counts=True)
-        users = [int(u) for u in users_all[counts >= L]]
-        items = pacsv.read_csv(a.data / "items.csv.gz").to_pylist()
+        users, items = load_users(client, keys, a.data)
         rng = random.Random(0)
 
         sample_hist = decode_history(client.lrange(keys.history(users[0]), 0, -1))
@@ -274,9 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 stop_server(server)
     finally:
-        stale = list(client.scan_iter(match=f"{PREFIX}*", count=10_000))
-        for k in range(0, len(stale), 10_000):
-            client.delete(*stale[k : k + 10_000])
+        clear(client)
         client.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
