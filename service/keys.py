@@ -82,8 +82,8 @@ READABLE_SCHEMAS = (1, 2)
 
 
 def encode_feedback(record: Mapping[str, Any]) -> bytes:
-    """An impression or click record, stamped with the schema version. Numpy arrays (the CTR
-    column) are written as JSON arrays, float32 by its shortest repr."""
+    """An impression or click record, stamped with the schema version. Numpy arrays (the served
+    CTRs, propensities and explored flags) are written as JSON arrays."""
     return orjson.dumps({"schema": FEEDBACK_SCHEMA, **record}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
