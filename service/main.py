@@ -22,6 +22,7 @@ from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
 from service.model_slot import ModelSlot
 from service.openapi import model_openapi
+from service.responses import ResponseCounter
 from service.routes import admin, behaviors, ops, score
 from service.settings import Settings
 from service.shutdown import Drain
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     metrics = app.state.metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(  # added last, so it runs first: an overload is refused before anything else
+    app.add_middleware(  # runs before the body limit: an overload is refused before anything else
         AdmissionControl,
         paths={"/score"},
         max_in_flight=settings.max_in_flight,
@@ -122,8 +123,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app, metrics.count_error)
     app.openapi = model_openapi(app, settings)  # type: ignore[method-assign]
-    app.include_router(score.router)
-    app.include_router(behaviors.router)
-    app.include_router(ops.router)
-    app.include_router(admin.router)
+    routers = (score.router, behaviors.router, ops.router, admin.router)
+    for router in routers:
+        app.include_router(router)
+    paths = {getattr(r, "path", "") for r in (*app.routes, *(r for router in routers for r in router.routes))}
+    # Added last, so it runs first: it sees every answer, refusals included.
+    app.add_middleware(ResponseCounter, routes=paths - {""}, metrics=metrics)
     return app

@@ -25,6 +25,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self.responses = Counter(
+            "din_http_responses", "Answers by route and status code", ["route", "code"], registry=r
+        )
         self.stage_seconds = Histogram(
             "din_score_stage_seconds", "Time per /score stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
