@@ -262,6 +262,12 @@ class Checkpoint:
             DINConfig.from_dict(d["config"]), FeatureSpace.from_dict(d["space"]), d["state_dict"], d["extra"]
         )
 
+    @property
+    def max_history(self) -> int:
+        """Behaviours per sample in training, and so the serving graph's history length (100 for
+        checkpoints that did not record it)."""
+        return int(self.extra.get("max_history", 100))
+
     def build(self) -> DIN:
         model = build_model(self.config, self.space)
         model.load_state_dict(self.state_dict)

@@ -152,7 +152,7 @@ def export_bundle(
 ) -> dict[str, Any]:
     ckpt = Checkpoint.load(str(ckpt_path))
     model = ckpt.build()
-    max_history = int(ckpt.extra.get("max_history", 100))
+    max_history = ckpt.max_history
     if bundle.exists():
         raise FileExistsError(f"--bundle {bundle} already exists; bundles are immutable, pick a new version")
     bundle.parent.mkdir(parents=True, exist_ok=True)

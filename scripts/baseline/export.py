@@ -68,7 +68,7 @@ def export_baseline(ckpt: Path, out: Path) -> Path:
     }
     meta = {
         "schema": c.space.schema.to_dict(),
-        "max_history": int(c.extra.get("max_history", 100)),
+        "max_history": c.max_history,
         "vocab": vocab,
     }
     (out / "meta.json").write_text(json.dumps(meta))
