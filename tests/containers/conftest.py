@@ -90,6 +90,13 @@ class Stack:
         assert len(names) == 1, f"{service}: containers {names}"
         return names[0]
 
+    def has(self, service: str) -> bool:
+        try:
+            self.container(service)
+        except AssertionError:
+            return False
+        return True
+
     def exec(self, service: str, *cmd: str, check: bool = True) -> str:
         return podman("exec", self.container(service), *cmd, check=check).stdout
 
@@ -144,7 +151,9 @@ class Stack:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
-            raise AssertionError(f"{method} {path}: {e.code} {e.read()[:2000]!r}") from e
+            # The api's own log says why (a restart, a drain, a traceback): the answer alone rarely does.
+            log = "\n".join(self.logs("api").splitlines()[-40:])
+            raise AssertionError(f"{method} {path}: {e.code} {e.read()[:2000]!r}\napi log:\n{log}") from e
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -196,6 +205,7 @@ def stack() -> Iterator[Stack]:
         s.up()
         yield s
     finally:
+        (out / "test-containers-api.log").write_text(s.logs("api") if s.has("api") else "")
         s.down(volumes=True)
         (out / "test-containers.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
         print("\n" + "\n".join(f"{k}: {v:.1f}" for k, v in TIMINGS.items()))
