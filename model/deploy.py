@@ -8,7 +8,9 @@ Steps: 1 train, 2 export, 3 gate (the bundle loads and validates like the servic
 parity holds, and its test GAUC is within --gauc-margin of the serving version's on the same
 test set), 4 publish, 5 flip `current`, 6 reload every instance (POST /admin/reload with the admin
 token; without one, the instances' own poll of the pointer), 7 verify that each reports the new
-version, or else roll the pointer and the instances back. Options other than the ones below
+version, or else roll the pointer and the instances back. With ``--canary P`` step 5 starts an
+experiment instead (``model.canary``): the new version serves P% of the users beside the current
+one, and scripts/experiment.py measures and decides. Options other than the ones below
 are model.train's (python -m model.train --help). Exit code 0: deployed; 1: refused or rolled back.
 
 This is product code (the trainer image runs it); scripts/redeploy.py is its command line.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from model.bundle import BundleError, load_bundle, session_options
+from model.canary import Mode
 from model.data import load_tables
 from model.export import export_bundle
 from model.gate import evaluate_bundle, gauc_gate
@@ -77,26 +80,38 @@ def reload_instances(instances: list[str], token: str | None) -> dict[str, str]:
     return failures
 
 
-def verify(instances: list[str], version: str, probes: int, timeout: float) -> dict[str, str]:
-    """Each instance must report ``version`` on ``probes`` consecutive fresh connections, so every
-    worker behind its address has swapped; returns what the laggards last reported."""
-    lagging = {}
+def verify(
+    instances: list[str], version: str, probes: int, timeout: float, canary: str | None = None
+) -> dict[str, str]:
+    """Each instance must report ``version`` (and ``canary`` as its canary, or none) on ``probes``
+    consecutive fresh connections, so every worker behind its address has swapped; returns what
+    the laggards last reported."""
+    lagging, want = {}, _serving(version, canary)
     for url in instances:
         deadline, streak, seen = time.monotonic() + timeout, 0, "?"
         while streak < probes and time.monotonic() < deadline:
             status, body = call(f"{url}/model", None, timeout=5)
-            seen = body.get("version", f"HTTP {status}") if status == 200 else f"HTTP {status}"
-            streak = streak + 1 if seen == version else 0
-            if streak < probes and seen != version:
+            seen = _serving(body.get("version", "?"), (body.get("canary") or {}).get("version"))
+            seen = seen if status == 200 else f"HTTP {status}"
+            streak = streak + 1 if seen == want else 0
+            if streak < probes and seen != want:
                 time.sleep(0.1)
         if streak < probes:
             lagging[url] = seen
-        print(f"      {url}: {'serving ' + version if streak >= probes else 'still reports ' + seen}")
+        print(f"      {url}: {'serving ' + want if streak >= probes else 'still reports ' + seen}")
     return lagging
 
 
-def roll_out(target: str, a: argparse.Namespace, steps: tuple[int, int]) -> None:
-    """Flip-independent half of a deployment: reload every instance and check they serve ``target``."""
+def _serving(version: str, canary: str | None) -> str:
+    return version if canary is None else f"{version} with canary {canary}"
+
+
+def roll_out(
+    target: str, a: argparse.Namespace, steps: tuple[int | str, int | str], canary: str | None = None
+) -> None:
+    """Flip-independent half of a deployment: reload every instance and check they serve ``target``
+    (and ``canary`` beside it, or no canary)."""
+    want = _serving(target, canary)
     if not a.instance:
         step(steps[0], "no --instance given: instances that poll the pointer pick it up themselves")
         return
@@ -106,10 +121,10 @@ def roll_out(target: str, a: argparse.Namespace, steps: tuple[int, int]) -> None
     else:
         step(steps[0], "no admin token: waiting for the instances to poll the pointer")
         failures = {}
-    step(steps[1], f"verifying every instance serves {target}")
-    lagging = verify(a.instance, target, a.verify_probes, a.verify_timeout)
+    step(steps[1], f"verifying every instance serves {want}")
+    lagging = verify(a.instance, target, a.verify_probes, a.verify_timeout, canary)
     if failures or lagging:
-        raise DeployError(f"instances did not switch to {target}: {failures | lagging}")
+        raise DeployError(f"instances did not switch to {want}: {failures | lagging}")
 
 
 def rollback(repo: ModelRepository, a: argparse.Namespace) -> None:
@@ -167,6 +182,8 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) 
 
     step(4, f"publishing {version} into {repo.root}")
     repo.publish(staged)
+    if a.canary is not None:
+        return start_canary(repo, version, a)
     pointer = repo.set_current(version)
     step(5, f"current -> {version} (was {serving_version})")
     try:
@@ -181,12 +198,24 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) 
     return version
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # model.train's --model must not be taken for --models
-    )
+def start_canary(repo: ModelRepository, version: str, a: argparse.Namespace) -> str:
+    """Step 5 for an experiment: the new version beside the current one, on a share of the users."""
+    mode: Mode = "shadow" if a.shadow else "split"
+    pointer = repo.start_canary(version, a.canary, a.salt, mode)
+    stable = pointer.version
+    step(5, f"canary {version} on {a.canary:g}% of users ({mode}) beside {stable}")
+    try:
+        roll_out(stable, a, (6, 7), canary=version)
+    except DeployError as e:
+        print(f"      {e}; ending the experiment", flush=True)
+        repo.abort()
+        raise
+    print(f"canary {version} running; decide with: python scripts/experiment.py status [--auto]", flush=True)
+    return version
+
+
+def add_rollout_args(p: argparse.ArgumentParser) -> None:
+    """The repository and the instances a pointer flip is rolled out to (redeploy and experiment)."""
     p.add_argument("--models", default=os.environ.get("DIN_MODELS", "models"), help="model repository")
     p.add_argument(
         "--instance",
@@ -197,7 +226,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument(
         "--admin-token", default=os.environ.get("DIN_ADMIN_TOKEN"), help="default $DIN_ADMIN_TOKEN"
     )
+    p.add_argument("--verify-probes", type=int, default=20, help="consecutive /model answers per instance")
+    p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds per instance")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # model.train's --model must not be taken for --models
+    )
+    add_rollout_args(p)
     p.add_argument("--rollback", action="store_true", help="return to the previous version and stop")
+    p.add_argument(
+        "--canary", type=float, metavar="P", help="start an experiment: serve the new version to P%% of users"
+    )
+    p.add_argument("--shadow", action="store_true", help="with --canary: score, log and never serve it")
+    p.add_argument("--salt", help="with --canary: draws the split (default: the version's name)")
     p.add_argument("--version", help="name of the new version (default: UTC time)")
     p.add_argument("--bundle", type=Path, help="deploy this exported bundle instead of training one")
     p.add_argument("--work", default="runs/redeploy", help="training runs and staged bundles go here")
@@ -205,13 +250,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--parity-tolerance", type=float, default=1e-5, help="max ONNX vs torch error")
     p.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority (0 = keep)")
     p.add_argument("--keep", type=int, default=5, help="versions kept in the repository")
-    p.add_argument("--verify-probes", type=int, default=20, help="consecutive /model answers per instance")
-    p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds per instance")
     a, train_argv = p.parse_known_args(argv)
     if a.bundle is not None and a.version is not None:
         p.error("--version names a new training; a --bundle keeps the version in its manifest")
     if "--out" in train_argv:
         p.error("--out is set by redeploy (under --work)")
+    if a.canary is not None and not 0 < a.canary <= 100:
+        p.error("--canary must be a percentage in (0, 100]")
+    if (a.shadow or a.salt) and a.canary is None:
+        p.error("--shadow and --salt go with --canary P")
+    if a.canary is not None and a.rollback:
+        p.error("--canary starts an experiment; --rollback ends deployments: one at a time")
     if a.keep < 1 or a.verify_probes < 1 or a.gauc_margin < 0:
         p.error("--keep and --verify-probes must be >= 1 and --gauc-margin >= 0")
     a.instance = [u.rstrip("/") for u in a.instance]

@@ -1,12 +1,14 @@
 """A versioned model repository on disk, readable without torch (the service uses it).
 
     ROOT/<version>/     one bundle per version (python -m model.export), immutable once there
-    ROOT/current        the pointer: JSON {"version", "history", "updated_at"}
+    ROOT/current        the pointer: JSON {"version", "history", "updated_at", "canary"?}
 
 A version becomes visible only by a rename of a complete folder, and the pointer only by a rename
 of a complete file, so a reader never sees half of either. ``history`` lists the versions that
 have been current, newest first, so ``history[0]`` is the current version itself; rollback steps
-to ``history[1]`` and drops ``history[0]``. Names starting with "." are
+to ``history[1]`` and drops ``history[0]``. ``canary`` (``model.canary``), when present, is a second
+version on a slice of the users; promoting it makes it current, aborting it drops it, and any other
+change of the pointer ends the experiment too. Names starting with "." are
 work in progress (export's temporary folders, the pointer's temporary file) and never listed.
 """
 
@@ -22,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from model.bundle import MANIFEST_FILE
+from model.canary import Canary, CanaryError, Mode
 
 POINTER_FILE = "current"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -37,6 +40,7 @@ class Pointer:
     version: str
     history: tuple[str, ...]  # versions that were current, newest first; history[0] == version
     updated_at: str
+    canary: Canary | None = None
 
     @property
     def previous(self) -> str | None:
@@ -78,10 +82,11 @@ class ModelRepository:
         path = self.root / POINTER_FILE
         try:
             d = json.loads(path.read_text())
-            return Pointer(str(d["version"]), tuple(d["history"]), str(d["updated_at"]))
+            canary = Canary.from_json(d["canary"]) if d.get("canary") is not None else None
+            return Pointer(str(d["version"]), tuple(d["history"]), str(d["updated_at"]), canary)
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, CanaryError) as e:
             raise RepositoryError(f"{path} is not a valid pointer: {e}") from e
 
     def current(self) -> str | None:
@@ -131,12 +136,48 @@ class ModelRepository:
             raise RepositoryError(f"{self.root}: no previous version to roll back to")
         return self._write_pointer(old.previous, old.history[1:])
 
+    def start_canary(
+        self, version: str, percent: float, salt: str | None = None, mode: Mode = "split"
+    ) -> Pointer:
+        """Serves ``version`` to ``percent`` of the users beside the current version (or, in shadow
+        mode, scores them with it without serving it). The salt defaults to the version's name."""
+        old = self.pointer()
+        if old is None:
+            raise RepositoryError(f"{self.root} has no current version to run a canary beside")
+        if version == old.version:
+            raise RepositoryError(f"{version} is already the current version")
+        try:
+            canary = Canary(version, float(percent), salt or version, mode, _now())
+        except CanaryError as e:
+            raise RepositoryError(str(e)) from e
+        if not (self.path(version) / MANIFEST_FILE).is_file():
+            raise RepositoryError(f"version {version} is not published in {self.root}")
+        return self._write_pointer(old.version, old.history, canary)
+
+    def promote(self) -> Pointer:
+        """Makes the canary the current version (pushed onto the history), ending the experiment."""
+        old = self._with_canary()
+        return self.set_current(old.canary.version)  # type: ignore[union-attr]
+
+    def abort(self) -> Pointer:
+        """Ends the experiment: the current version serves every user again."""
+        old = self._with_canary()
+        return self._write_pointer(old.version, old.history)
+
+    def _with_canary(self) -> Pointer:
+        old = self.pointer()
+        if old is None or old.canary is None:
+            raise RepositoryError(f"{self.root}: no canary is running")
+        return old
+
     def prune(self, keep: int) -> list[str]:
         """Deletes all but the ``keep`` newest versions; never one the pointer history names."""
         if keep < 1:
             raise RepositoryError(f"keep must be at least 1, got {keep}")
         pointer = self.pointer()
         protected = set(pointer.history[: max(keep, 2)]) if pointer else set()
+        if pointer is not None and pointer.canary is not None:
+            protected.add(pointer.canary.version)
         versions = self.versions()
         removed = [v for v in versions[: max(len(versions) - keep, 0)] if v not in protected]
         for v in removed:
@@ -146,11 +187,17 @@ class ModelRepository:
             shutil.rmtree(doomed, ignore_errors=True)
         return removed
 
-    def _write_pointer(self, version: str, history: tuple[str, ...]) -> Pointer:
+    def _write_pointer(self, version: str, history: tuple[str, ...], canary: Canary | None = None) -> Pointer:
         if not (self.path(version) / MANIFEST_FILE).is_file():
             raise RepositoryError(f"version {version} is not published in {self.root}")
-        pointer = Pointer(version, history, datetime.now(UTC).isoformat(timespec="milliseconds"))
-        body = {"version": pointer.version, "history": list(history), "updated_at": pointer.updated_at}
+        pointer = Pointer(version, history, _now(), canary)
+        body: dict[str, object] = {
+            "version": version,
+            "history": list(history),
+            "updated_at": pointer.updated_at,
+        }
+        if canary is not None:
+            body["canary"] = canary.to_json()
         fd, tmp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", dir=self.root)
         try:
             with os.fdopen(fd, "w") as f:
@@ -163,3 +210,7 @@ class ModelRepository:
             Path(tmp).unlink(missing_ok=True)
             raise
         return pointer
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -9,6 +9,7 @@ from typing import Any
 from service.errors import InvalidInput
 from service.ids import RawId
 from service.metrics import Metrics
+from service.model_slot import ModelSlot
 from service.runner import ModelRunner, check_fields, check_known
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest, extra_fields
 from service.settings import Settings
@@ -16,13 +17,13 @@ from service.store import BehaviorStore
 
 
 async def append_events(
-    req: EventsRequest, runner: ModelRunner, store: BehaviorStore, metrics: Metrics, settings: Settings
+    req: EventsRequest, models: ModelSlot, store: BehaviorStore, metrics: Metrics, settings: Settings
 ) -> EventsResponse:
     if len(req.events) > settings.max_events:
         raise InvalidInput(
             f"at most {settings.max_events} events per request, got {len(req.events)}", ("body", "events")
         )
-    space = runner.bundle.space
+    space = models.runner.bundle.space
     at = time.time()
     now = int(at)
     by_user: dict[RawId, list[dict[str, Any]]] = defaultdict(list)
@@ -44,6 +45,9 @@ async def append_events(
     # Each event is also a click for the feedback loop, written in the same transaction.
     await store.append(by_user, clicks if settings.log_impressions else ())
     metrics.events.inc(len(req.events))
+    for e in req.events:
+        if e.request_id is not None:  # a click on a served item: counted for the arm the user is in
+            metrics.clicks.labels(version=models.route(e.user_id)[0].version).inc()
     return EventsResponse(appended=len(req.events), users=len(by_user))
 
 

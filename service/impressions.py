@@ -20,10 +20,10 @@ from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from service.keys import Keys, encode_feedback
-from service.metrics import Metrics
+from service.keys import encode_feedback
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,13 @@ FLUSH_BATCH = 256  # answers per pipelined write
 
 
 class ImpressionLog:
-    def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings, metrics: Metrics):
-        self.client, self.key, self.metrics = client, keys.impressions(), metrics
+    """One stream of answers: the impressions served, or a shadow canary's scores of them. ``logged``
+    and ``dropped`` (by ``reason``) count the items of the records."""
+
+    def __init__(
+        self, client: aioredis.Redis, key: str, settings: Settings, logged: Counter, dropped: Counter
+    ):
+        self.client, self.key, self.logged, self.dropped = client, key, logged, dropped
         self.enabled = settings.log_impressions and settings.impression_sample_rate > 0
         self.rate = settings.impression_sample_rate
         self.capacity = settings.impression_buffer
@@ -54,7 +59,7 @@ class ImpressionLog:
         """One /score answer that ``wants`` chose (its ``candidates`` are the impressions). Never
         blocks, never raises."""
         if len(self.buffer) >= self.capacity:
-            self.metrics.impressions_dropped.labels(reason="buffer_full").inc(len(record["candidates"]))
+            self.dropped.labels(reason="buffer_full").inc(len(record["candidates"]))
             return
         self.buffer.append(record)
         if len(self.buffer) >= FLUSH_BATCH:
@@ -85,7 +90,7 @@ class ImpressionLog:
                 try:
                     await self.flush()
                 except Exception:  # a record that cannot be encoded must not end the log
-                    log.exception("impression log: flush failed")
+                    log.exception("%s: flush failed", self.key)
                 if len(self.buffer) < FLUSH_BATCH:
                     break
 
@@ -100,10 +105,10 @@ class ImpressionLog:
                     pipe.xadd(self.key, {"r": encode_feedback(record)}, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as e:
-            self.metrics.impressions_dropped.labels(reason="sink_error").inc(items)
+            self.dropped.labels(reason="sink_error").inc(items)
             now = time.monotonic()
             if now - self._last_warning > 10:  # one line per outage, not one per batch
                 self._last_warning = now
-                log.warning("impression log: %d impressions dropped, the sink failed: %s", items, e)
+                log.warning("%s: %d items dropped, the sink failed: %s", self.key, items, e)
             return
-        self.metrics.impressions_logged.inc(items)
+        self.logged.inc(items)

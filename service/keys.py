@@ -37,6 +37,10 @@ class Keys:
         """A stream, one entry per logged /score answer: field ``r``, an impression record."""
         return f"{self.prefix}impressions"
 
+    def shadow(self) -> str:
+        """A stream, one entry per answer a shadow canary also scored: field ``r``, a shadow record."""
+        return f"{self.prefix}shadow"
+
     def clicks(self) -> str:
         """A stream, one entry per /events event: field ``r``, a click record."""
         return f"{self.prefix}clicks"
@@ -74,6 +78,9 @@ def encode_profile(fields: Mapping[str, Any]) -> Mapping[Any, bytes]:  # Any: re
 #    "profile": {feature: value or null}, "context": {feature: value},
 #    "candidates": [each served candidate as sent], "ctr": [its served CTR],
 #    with exploration also "propensity": [P(shown in that slot)], "explored": [bool]}
+# A shadow record is a shadow canary's scores of one answer's served items, in the answer's order:
+#   {"schema": 2, "request_id", "ts", "user_id", "model_version" (the canary), "served_version",
+#    "candidates": [as served], "ctr": [the canary's CTR], "served_ctr": [the answer's CTR]}
 # Schema 1 held "items": [{"rank", "ctr", "candidate", "propensity"?, "explored"?}]; it is still read.
 # A click record is one /events event:
 #   {"schema": 2, "user_id", "item_id", "ts" (the event's), "at" (server time, s), "request_id" or null}

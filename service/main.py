@@ -25,6 +25,7 @@ from service.openapi import model_openapi
 from service.responses import ResponseCounter
 from service.routes import admin, behaviors, ops, score
 from service.settings import Settings
+from service.shadow import ShadowScorer
 from service.shutdown import Drain
 from service.store import BehaviorStore
 
@@ -78,10 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds, metrics),
             settings.impression_stream_maxlen,
         )
+        keys = Keys(settings.key_prefix)
         app.state.impressions = impressions = ImpressionLog(
-            writer, Keys(settings.key_prefix), settings, metrics
+            writer, keys.impressions(), settings, metrics.impressions_logged, metrics.impressions_dropped
         )
-        impressions.start()
+        shadow_log = ImpressionLog(
+            writer, keys.shadow(), settings, metrics.shadow_logged, metrics.shadow_dropped
+        )
+        app.state.shadow = shadow = ShadowScorer(shadow_log, metrics, settings.shadow_max_in_flight)
+        for stream in (impressions, shadow_log):
+            stream.start()
         app.state.drain = drain = Drain()
         drain.install(settings.shutdown_drain_seconds)
         log.info("serving model %s from %s", models.runner.version, settings.models)
@@ -93,8 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # uvicorn has stopped accepting and the requests in flight have finished.
             drain.draining = True
+            await shadow.stop()  # before the models: a re-scoring in flight holds the canary
             await models.stop()
-            await impressions.stop()
+            for stream in (impressions, shadow_log):
+                await stream.stop()
             for c in (client, writer):
                 await c.aclose()
                 await c.connection_pool.disconnect()

@@ -81,19 +81,56 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.model_version = Gauge(
-            "din_model_info", "The loaded model version", ["version"], registry=r, multiprocess_mode="livemax"
+            "din_model_info",
+            "The loaded model versions (the current one and its canary)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.version: str | None = None
+        # Per version, so an experiment's arms can be compared live (realized CTR = clicks /
+        # impressions); scripts/experiment.py decides from the logs, which attribute exactly.
+        self.scored = Counter(
+            "din_scored", "/score answers by the version that scored", ["version"], registry=r
+        )
+        self.served = Counter(
+            "din_impressions_served",
+            "Items returned by /score, by the version that ranked them",
+            ["version"],
+            registry=r,
+        )
+        self.clicks = Counter(
+            "din_clicks",
+            "Events naming a request_id, by the arm the user is in now (the version serving them)",
+            ["version"],
+            registry=r,
+        )
+        self.shadow = Counter(
+            "din_shadow_answers",
+            "Answers a shadow canary was to score again: scored, skipped (too many in flight) or failed",
+            ["result"],
+            registry=r,
+        )
+        self.shadow_logged = Counter(
+            "din_shadow_logged", "Items a shadow canary scored and logged", registry=r
+        )
+        self.shadow_dropped = Counter(
+            "din_shadow_dropped",
+            "Shadow-scored items not logged: buffer_full or sink_error",
+            ["reason"],
+            registry=r,
+        )
+        self.versions: set[str] = set()
 
-    def set_model(self, version: str) -> None:
-        if self.version is not None and self.version != version:
+    def set_models(self, versions: set[str]) -> None:
+        for gone in self.versions - versions:
             # Zeroed, not only removed: another worker's file may still be read for it. Multiprocess
             # mode cannot remove a label at all (it warns), so there the zero is what a scrape reads.
-            self.model_version.labels(version=self.version).set(0)
+            self.model_version.labels(version=gone).set(0)
             if MULTIPROC_DIR_ENV not in os.environ:
-                self.model_version.remove(self.version)
-        self.version = version
-        self.model_version.labels(version=version).set(1)
+                self.model_version.remove(gone)
+        for version in versions:
+            self.model_version.labels(version=version).set(1)
+        self.versions = set(versions)
 
     def count_error(self, error: Exception) -> None:
         """Called for every error answer; a deadline that passed is a refusal like an overload."""

@@ -15,6 +15,7 @@ from service.metrics import Metrics
 from service.runner import ModelRunner, check_column, check_known, default_context, encode_column
 from service.schemas import ScoreRequest
 from service.settings import Settings
+from service.shadow import ShadowScorer
 from service.store import BehaviorStore
 
 
@@ -58,10 +59,12 @@ async def score(
     settings: Settings,
     impressions: ImpressionLog | None = None,
     deadline: Deadline | None = None,
+    shadow: tuple[ModelRunner, ShadowScorer] | None = None,
 ) -> dict[str, Any]:
     """The response body (the ScoreResponse schema), built as plain data: per-item pydantic models
     cost more than the model run at a few hundred candidates. The items returned are logged as
-    impressions, with the features exactly as scored."""
+    impressions, with the features exactly as scored; with a shadow canary, it scores them again
+    once the answer has gone."""
     t0 = time.perf_counter()
     rows, encoded = candidate_rows(req, runner, settings)
     schema = runner.bundle.space.schema
@@ -84,6 +87,7 @@ async def score(
         "user_id": req.user_id,
         "degraded": state is None,
     }
+    metrics.scored.labels(version=runner.version).inc()
     if not rows:
         return body | {"history_length": len(history), "items": []}
     ctr, attention = await runner.run(history, profile, context, encoded, req.explain, deadline)
@@ -106,6 +110,11 @@ async def score(
     if attention is not None:
         for item, i in zip(items, order, strict=True):
             item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
+    metrics.served.labels(version=runner.version).inc(len(items))
+    if shadow is not None:
+        answer = {"request_id": request_id, "user_id": req.user_id, "model_version": runner.version,
+                  "history": history, "profile": profile, "context": context, "ctr": served_ctr}  # fmt: skip
+        shadow[1].submit(shadow[0], answer, [rows[i] for i in served])
     if impressions is not None and impressions.wants():
         record = {
             "request_id": request_id,

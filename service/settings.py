@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         ge=1,
         description="answers buffered per worker for the log; beyond it they are dropped, counted",
     )
+    shadow_max_in_flight: int = Field(
+        4, ge=1, description="per worker: answers a shadow canary re-scores at once; more are not shadowed"
+    )
     impression_flush_ms: float = Field(100, gt=0, description="the log is written at least this often")
     impression_stream_maxlen: int = Field(
         1_000_000, ge=1, description="entries kept in the impression and click streams (approximate)"

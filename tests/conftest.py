@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from model.din import DINConfig
 from model.export import export_bundle
+from model.repository import ModelRepository
 from model.train import TrainConfig, run
+from service.settings import Settings
+from tests.helpers import REDIS_URL, redis_prefix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts import as modules
 
@@ -33,3 +37,33 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     )
     export_bundle(root / "run" / "ckpt.pt", root / "bundle", version="test-v1")
     return root / "run" / "ckpt.pt", root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def trained_other(tmp_path_factory) -> Path:
+    """The bundle of another small DIN (other seed, one epoch): a canary that scores differently."""
+    root = tmp_path_factory.mktemp("service-model-other")
+    run(
+        DINConfig(),
+        TrainConfig(
+            data="synthetic", out=str(root / "run"), epochs=1, progress=False, max_history=20, seed=1
+        ),
+    )
+    export_bundle(root / "run" / "ckpt.pt", root / "bundle", version="test-other")
+    return root / "bundle"
+
+
+@pytest.fixture
+def models(trained, tmp_path) -> Path:
+    """A model repository whose current version is the trained bundle."""
+    repo = ModelRepository(tmp_path / "models")
+    repo.set_current(repo.publish(trained[1]))
+    return repo.root
+
+
+@pytest.fixture
+def settings(models) -> Iterator[Settings]:
+    with redis_prefix() as prefix:
+        yield Settings(
+            models=models, redis_url=REDIS_URL, key_prefix=prefix, history_cap=50, max_candidates=300
+        )

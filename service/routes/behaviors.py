@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service import behaviors
 from service.body import json_route
-from service.deps import EventsBody, MetricsDep, ProfileBody, RunnerDep, SettingsDep, StoreDep
+from service.deps import EventsBody, MetricsDep, ModelsDep, ProfileBody, RunnerDep, SettingsDep, StoreDep
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest
 
 router = APIRouter()
@@ -14,10 +14,10 @@ router = APIRouter()
 
 @router.post("/events", **json_route(EventsRequest, response_model=EventsResponse))
 async def append_events(
-    req: EventsBody, runner: RunnerDep, store: StoreDep, metrics: MetricsDep, settings: SettingsDep
+    req: EventsBody, models: ModelsDep, store: StoreDep, metrics: MetricsDep, settings: SettingsDep
 ) -> EventsResponse:
     """Appends behaviours to their users' histories (atomically, capped to the newest N)."""
-    return await behaviors.append_events(req, runner, store, metrics, settings)
+    return await behaviors.append_events(req, models, store, metrics, settings)
 
 
 @router.post("/profile", **json_route(ProfileRequest, status_code=204))

@@ -52,15 +52,18 @@ async def score(request: Request) -> Response:
     req = parse(ScoreRequest, await request.body(), headers.get("content-type"))
     from_header = header_request_id(headers.get("x-request-id"))  # checked even when the body has one
     request_id = req.request_id or from_header or os.urandom(16).hex()
+    # The version serving this user now (their experiment arm); the request keeps it through a reload.
+    runner, shadow = state.models.route(req.user_id)
     body = await ranking.score(
         req,
         request_id,
-        state.models.runner,  # the model serving now; the request keeps it through a reload
+        runner,
         state.store,
         state.metrics,
         state.settings,
         state.impressions,
         request.scope.get("state", {}).get("deadline"),
+        None if shadow is None else (shadow, state.shadow),
     )
     # Serialised directly: FastAPI's generic response encoding cost more than the model run.
     return Response(orjson.dumps(body), media_type="application/json", headers={"X-Request-Id": request_id})

@@ -69,6 +69,7 @@ def test_reload_swaps_in_the_version_the_pointer_names(admin_client, models, tra
         "attempted": "test-v2",
         "error": None,
         "at": None,
+        "canary": None,
     }
     assert score_version(admin_client) == "test-v2"
     status = admin_client.get("/model").json()
