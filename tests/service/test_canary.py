@@ -4,6 +4,7 @@ abort, a canary that fails to load, shadow mode, and per-version metrics."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,9 +149,10 @@ def test_shadow_mode_serves_stable_and_logs_the_canarys_own_ctrs(settings, repo,
 
 def wait_for_stream(key: str, n: int) -> list[dict]:
     r = redis.Redis.from_url(REDIS_URL)
+    entries: Any = []
     for _ in range(100):
         entries = r.xrange(key)
         if len(entries) >= n:
             return [decode_feedback(f[b"r"]) for _, f in entries]
         time.sleep(0.05)
-    raise AssertionError(f"{key}: {len(r.xrange(key))} entries, wanted {n}")
+    raise AssertionError(f"{key}: {len(entries)} entries, wanted {n}")
