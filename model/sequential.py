@@ -15,10 +15,11 @@ delta method over users, not from a binomial over impressions, which would be to
 
     R = sum(c) / sum(n)                      realized CTR of an arm (c clicks, n impressions per user)
     Var(R) = (s_c^2 - 2 R s_cn + R^2 s_n^2) / (k nbar^2)       over the arm's k users
-    lift = R_canary / R_stable - 1,  Var(lift) = (1 + lift)^2 (Var(R_c) / R_c^2 + Var(R_s) / R_s^2)
-    Lambda = sqrt(V / (V + tau^2)) exp(tau^2 lift^2 / (2 V (V + tau^2)))   (mixture N(0, tau^2))
+    theta = log(R_canary / R_stable),  V = Var(theta) = Var(R_c) / R_c^2 + Var(R_s) / R_s^2
+    Lambda = sqrt(V / (V + tau^2)) exp(tau^2 theta^2 / (2 V (V + tau^2)))   (mixture N(0, tau^2))
     p = min over looks of 1 / Lambda
-    interval: lift +- sqrt(V (V + tau^2) / tau^2 (log((V + tau^2) / V) - 2 log alpha))
+    interval: theta +- sqrt(V (V + tau^2) / tau^2 (log((V + tau^2) / V) - 2 log alpha)), and the
+    lift (R_canary / R_stable - 1) and its interval are exp(.) - 1 of these
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Comparison:
     stable: ArmStats
     canary: ArmStats
     lift: float  # relative: canary CTR / stable CTR - 1
-    variance: float  # of lift
+    variance: float  # of log(CTR ratio), the statistic tested
     p_value: float  # always valid (sequential); the running minimum when looks are chained
     low: float  # confidence sequence for lift, at 1 - alpha
     high: float
@@ -96,14 +97,16 @@ class SequentialTest:
         ):
             lift = canary.ctr / stable.ctr - 1 if stable.ctr > 0 else float("nan")
             return self._decide(stable, canary, lift, float("inf"), previous_p, -math.inf, math.inf)
-        ratio = canary.ctr / stable.ctr
-        lift = ratio - 1
-        v = max(ratio**2 * (canary.variance / canary.ctr**2 + stable.variance / stable.ctr**2), 1e-18)
+        # Tested on the log of the CTR ratio: its variance does not grow with the lift itself, so a
+        # large effect is not hidden by its own size as it is on the ratio's scale.
+        theta = math.log(canary.ctr / stable.ctr)
+        v = max(canary.variance / canary.ctr**2 + stable.variance / stable.ctr**2, 1e-18)
         t2 = self.tau**2
-        log_lambda = 0.5 * math.log(v / (v + t2)) + t2 * lift**2 / (2 * v * (v + t2))
+        log_lambda = 0.5 * math.log(v / (v + t2)) + t2 * theta**2 / (2 * v * (v + t2))
         p = min(previous_p, 1.0, math.exp(-log_lambda) if log_lambda < 700 else 0.0)
         half = math.sqrt(v * (v + t2) / t2 * (math.log((v + t2) / v) - 2 * math.log(self.alpha)))
-        return self._decide(stable, canary, lift, v, p, lift - half, lift + half)
+        lift, low, high = (math.expm1(x) for x in (theta, theta - half, theta + half))
+        return self._decide(stable, canary, lift, v, p, low, high)
 
     def _decide(
         self, stable: ArmStats, canary: ArmStats, lift: float, v: float, p: float, low: float, high: float

@@ -88,7 +88,20 @@ def test_auto_promotes_a_better_canary_and_aborts_a_worse_one(
 ):
     repo.start_canary("test-v2", 50, salt=decision)
     traffic(settings, users=120, visits=4, p_click=p_click)
-    assert run(settings, repo, "--auto", "--interval", "0.1", "--json", str(tmp_path / "a.json")) == 0
+    assert (
+        run(
+            settings,
+            repo,
+            "--auto",
+            "--interval",
+            "0.1",
+            "--timeout",
+            "60",
+            "--json",
+            str(tmp_path / "a.json"),
+        )
+        == 0
+    )
     pointer = repo.pointer()
     assert (pointer.version, pointer.canary) == (current, None)
     assert json.loads((tmp_path / "a.json").read_text())["decision"] == decision
@@ -97,7 +110,9 @@ def test_auto_promotes_a_better_canary_and_aborts_a_worse_one(
 def test_auto_ends_an_even_experiment_at_its_maximum_as_no_difference(settings, repo, tmp_path, capsys):
     repo.start_canary("test-v2", 50, salt="even")
     traffic(settings, users=80, visits=3, p_click={"test-v1": 0.3, "test-v2": 0.3})
-    assert run(settings, repo, "--auto", "--interval", "0.1", "--max-impressions", "500") == 0
+    assert (
+        run(settings, repo, "--auto", "--interval", "0.1", "--timeout", "60", "--max-impressions", "500") == 0
+    )
     assert "decision: no difference" in capsys.readouterr().out
     assert (repo.pointer().version, repo.pointer().canary) == ("test-v1", None)  # stable keeps everyone
 
