@@ -252,8 +252,9 @@ def auto(
 def write_json(path: Path | None, pointer: Pointer, cmp: Comparison, looks: int) -> None:
     if path is None:
         return
-    body = {"stable": pointer.version, "canary": pointer.canary.to_json() if pointer.canary else None,
-            "looks": looks, **asdict(cmp)}  # fmt: skip
+    # The arms' figures are "stable" and "canary"; the versions and the split are "experiment".
+    experiment = {"stable": pointer.version, "canary": pointer.canary.to_json() if pointer.canary else None}
+    body = {"experiment": experiment, "looks": looks, **asdict(cmp)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=1))
 

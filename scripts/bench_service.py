@@ -16,6 +16,7 @@ its threads. Needs wrk (apt-get install wrk; make bench-service installs it).
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from string import Template
@@ -185,6 +187,14 @@ def main(argv: list[str] | None = None) -> None:
         help="the impression log (DIN_LOG_IMPRESSIONS), each measured in the same run",
     )
     p.add_argument(
+        "--tracing",
+        nargs="+",
+        choices=tuple(TRACING),
+        default=["off"],
+        help="OpenTelemetry tracing: off, or on sampling 1%% or 100%% of requests, exporting OTLP to a sink "
+        "this script runs; each measured in the same run",
+    )
+    p.add_argument(
         "--max-queue-ms",
         type=float,
         default=0.0,
@@ -199,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
-    p.add_argument("--readme", type=Path, help="replace the bench_service block of this file")
+    p.add_argument("--readme", type=Path, help="replace the --block block of this file")
+    p.add_argument("--block", default="bench_service", help="the block --readme replaces")
     a = p.parse_args(argv)
     if shutil.which("wrk") is None:
         p.error("wrk is not installed (apt-get install wrk)")
@@ -207,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"need a trained run ({a.run}) and the dataset folder ({a.data})")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    sink = OtlpSink() if set(a.tracing) - {"off"} else None
     keys = Keys(PREFIX)
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -240,12 +252,14 @@ def main(argv: list[str] | None = None) -> None:
                     "DIN_KEY_PREFIX": PREFIX,
                     "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
                     "DIN_MAX_QUEUE_MS": str(a.max_queue_ms),
+                    **tracing_env(tracing, sink),
                 },
                 None,
-                {"build": "service", "microbatch_ms": wait_ms, "logging": logging},
+                {"build": "service", "microbatch_ms": wait_ms, "logging": logging, "tracing": tracing},
             )
             for wait_ms in a.microbatch_ms
             for logging in a.logging
+            for tracing in a.tracing
         ]
         if a.baseline:
             baseline_env = {
@@ -288,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         clear(client)
         client.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        if sink is not None:
+            sink.close()
 
     info = machine()
     md = table(rows, floors)
@@ -300,6 +316,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{f'at DIN_MAX_QUEUE_MS={a.max_queue_ms:g}' if a.max_queue_ms else 'off'}. "
         f"Machine: {info}; wrk and the server share it."
     )
+    if sink is not None:
+        md += (
+            f" Tracing exports OTLP/HTTP in batches (the SDK's defaults) to a sink in this script, on "
+            f"the same machine, which took {sink.requests} export requests ({sink.bytes / 1e6:.1f} MB)."
+        )
     md += versus_baseline(rows)
     print("\n" + md)
     if a.json:
@@ -307,13 +328,54 @@ def main(argv: list[str] | None = None) -> None:
     if a.png:
         plot(rows, a.png)
     if a.readme:
-        replace_readme_block(a.readme, "bench_service", md)
+        replace_readme_block(a.readme, a.block, md)
 
 
 def describe(row: dict) -> str:
     if row["build"] == "baseline":
         return "baseline"
-    return f"service, micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}"
+    traced = "" if row.get("tracing", "off") == "off" else f", tracing {row['tracing']}"
+    return f"service, micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}{traced}"
+
+
+TRACING = {"off": None, "1%": 0.01, "100%": 1.0}  # the share of requests sampled
+
+
+def tracing_env(tracing: str, sink: OtlpSink | None) -> dict[str, str]:
+    ratio = TRACING[tracing]
+    if ratio is None or sink is None:
+        return {}
+    return {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{sink.url}/v1/traces",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+            "OTEL_SERVICE_NAME": "din-serve-bench"}  # fmt: skip
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint that takes every export and keeps only its size, standing in for a
+    collector: what the service pays is building, batching and sending the spans."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                sink.bytes += len(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 def table(rows: list[dict], floors: dict) -> str:
@@ -332,7 +394,8 @@ def versus_baseline(rows: list[dict]) -> str:
     out = []
     for n in sorted({r["n"] for r in rows}):
         base = {r["concurrency"]: r for r in rows if r["build"] == "baseline" and r["n"] == n}
-        ours = [r for r in rows if r["build"] == "service" and r["n"] == n and r["microbatch_ms"] == 0]
+        ours = [r for r in rows if r["build"] == "service" and r["n"] == n and r["microbatch_ms"] == 0
+                and r.get("tracing", "off") == "off"]  # fmt: skip
         ours.sort(key=lambda r: r["logging"] != "on")
         mine: dict[int, dict] = {}
         for r in ours:

@@ -1,4 +1,5 @@
-"""Reliability suite: the service under overload and at its onset, a Redis outage, a redeploy,
+"""Reliability suite: the service under overload and at its onset, a Redis outage, a redeploy, a
+canary experiment started, promoted and aborted,
 fuzzing, concurrent writers and a soak, each printing its figures and writing
 runs/reliability/<scenario>.json.
 

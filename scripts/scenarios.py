@@ -28,6 +28,7 @@ TARGETS = {
     "overload-onset": "10 jumps from idle to 3x capacity: 503 p99 ≤ 50 ms in every one; 0 failed",
     "redis-outage": "0 5xx; recovery ≤ 1 s after Redis returns",
     "redeploy": "0 failed requests",
+    "canary": "0 failed requests through canary start, promotion, a second start and abort",
     "fuzz": "≥ 1,000 schema cases (all checks) and ≥ 1,000 raw bodies; 0 5xx; 0 off the schema; 0 echoes",
     "events": "0 lost; per-writer order and the cap kept",
     "soak": "RSS growth ≤ 10%",
@@ -171,6 +172,66 @@ def redeploy(suite: Suite, scale: float) -> dict[str, Any]:
         "to": "v2",
         "script_exit_code": code,
         "pass": not failed and code == 0 and switched,
+    }
+
+
+def canary(suite: Suite, scale: float) -> dict[str, Any]:
+    """An experiment's whole life under load: a canary started with scripts/redeploy.py --canary,
+    promoted with scripts/experiment.py promote, a second canary started and aborted. Each step is
+    a pointer flip rolled out by the scripts; traffic runs throughout and after each step."""
+    names = ("canary-a", "canary-b")
+    for name in names:
+        if not (suite.workdir / name).exists():
+            export_bundle(suite.workdir / "run" / "ckpt.pt", suite.workdir / name, version=name)
+    pause = max(5 * scale, 2.0)
+    rollout = ["--models", str(suite.repo.root), "--admin-token", ADMIN_TOKEN]
+    redeploy = [sys.executable, "scripts/redeploy.py", *rollout, "--data", "synthetic", "--canary", "50",
+                "--max-history", str(HISTORY), "--gauc-margin", "1",
+                "--work", str(suite.workdir / "redeploy")]  # fmt: skip
+    experiment = [sys.executable, "scripts/experiment.py"]
+    steps = [("start", [*redeploy, "--bundle", str(suite.workdir / names[0])]),
+             ("promote", [*experiment, "promote", *rollout]),
+             ("start", [*redeploy, "--bundle", str(suite.workdir / names[1])]),
+             ("abort", [*experiment, "abort", *rollout])]  # fmt: skip
+
+    async def scenario(url: str, rate: float) -> tuple[Run, list[tuple[str, float, float, int]]]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(open_loop(url, suite.score_request(host_of(url)), rate, 900, stop=stop))
+        done = []
+        for name, cmd in steps:
+            await asyncio.sleep(pause)
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(*cmd, "--instance", url, cwd=ROOT)
+            code = await proc.wait()
+            done.append((name, started, time.monotonic(), code))
+        await asyncio.sleep(pause)
+        stop.set()
+        return await load, done
+
+    with Service(suite) as svc:
+        old = suite.repo.current()
+        rate = (0.5 if scale >= 1 else 0.25) * suite.capacity(svc.url)
+        run, done = run_load(scenario(svc.url, rate))
+    # What each phase served: answers sent after its step had finished, before the next one began.
+    expected = [{names[0], old}, {names[0]}, {names[0], names[1]}, {names[0]}]
+    begins, ends = [t for _, _, t, _ in done], [t for _, t, _, _ in done[1:]] + [float("inf")]
+    sent = [(a.at - a.latency_ms / 1000, a.at, a.version) for a in run.of(200) if a.version]
+    phases = zip(begins, ends, strict=True)
+    served = [sorted({v for t, at, v in sent if begin < t and at < end}) for begin, end in phases]
+    shed = run.shed()
+    failed = [a for a in run.answers if a.status != 200 and a not in shed]
+    codes = [code for *_, code in done]
+    phases_ok = [set(v) == want for v, want in zip(served, expected, strict=True)]
+    return {
+        "requests": len(run.answers),
+        "failed": len(failed),
+        "shed_503": len(shed),
+        "steps": [name for name, *_ in done],
+        "script_exit_codes": codes,
+        "served_per_phase": served,
+        "phases_as_expected": phases_ok,
+        "from": old,
+        "pass": not failed and codes == [0, 0, 0, 0] and all(phases_ok),
     }
 
 
@@ -326,6 +387,7 @@ SCENARIOS: dict[str, Callable[[Suite, float], dict[str, Any]]] = {
     "overload-onset": overload_onset,
     "redis-outage": redis_outage,
     "redeploy": redeploy,
+    "canary": canary,
     "fuzz": fuzz,
     "events": events,
     "soak": soak,
@@ -339,6 +401,7 @@ FIGURES = {
                        "cold_connections_reject_p99_ms", "failed"),
     "redis-outage": ("5xx", "shed_503", "degraded_share", "p99_ms_during_outage", "recovery_seconds"),
     "redeploy": ("requests", "failed", "shed_503", "from", "to"),
+    "canary": ("requests", "failed", "shed_503", "steps", "served_per_phase"),
     "fuzz": ("cases", "operations", "server_errors", "failures", "raw_cases", "raw_server_errors",
              "raw_echoes", "raw_bad_error_shape"),
     "events": ("events", "writers", "lost", "duplicates", "writer_order_violations", "cap_kept"),

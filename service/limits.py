@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from opentelemetry.trace import get_current_span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import StandingQueue, WaitEstimate
@@ -74,6 +75,11 @@ class AdmissionControl:
             await self.app(scope, receive, send)
             return
         refusal = self._refusal()
+        span = get_current_span()  # the request's, when tracing is on and samples it
+        if span.is_recording():
+            span.set_attributes({"din.admission.in_flight": self.in_flight,
+                                 "din.admission.expected_wait_ms": self.estimate.wait(self.in_flight) * 1000,
+                                 "din.admission.refused": refusal is not None})  # fmt: skip
         if refusal is not None:
             self.metrics.rejected.labels(reason="overload").inc()
             await send_error(send, Overloaded(refusal))

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from opentelemetry.trace import TracerProvider
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -28,6 +29,7 @@ from service.settings import Settings
 from service.shadow import ShadowScorer
 from service.shutdown import Drain
 from service.store import BehaviorStore
+from service.tracing import instrument, instrument_redis, provider_from_env, shutdown
 
 log = logging.getLogger("service")
 
@@ -56,9 +58,12 @@ def configure_logging(level: str) -> None:
         logger.propagate = False
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """``tracer_provider``: trace with this one (tests pass the SDK's with an in-memory exporter);
+    without it, tracing is as the OTEL_* variables say (service.tracing), off by default."""
     settings = settings or Settings()  # fails fast on a bad environment, before serving anything
     configure_logging(settings.log_level)
+    provider = tracer_provider if tracer_provider is not None else provider_from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # since a write that fails is refused (503) and a spurious timeout would refuse it for nothing.
         client = redis_client(settings, settings.redis_timeout_ms)
         writer = redis_client(settings, settings.redis_write_timeout_ms)
+        for c in (client, writer):
+            instrument_redis(c, provider)
         app.state.settings, app.state.models = settings, models
         app.state.store = BehaviorStore(
             client,
@@ -112,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("onnxruntime threads stopped; shutdown complete")
             drain.uninstall()
             metrics.process_exited()
+            if tracer_provider is None:  # the app's own: export what is buffered
+                shutdown(provider)
 
     app = FastAPIOffline(
         title="DIN CTR scoring",
@@ -138,4 +147,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     paths = {getattr(r, "path", "") for r in (*app.routes, *(r for router in routers for r in router.routes))}
     # Added last, so it runs first: it sees every answer, refusals included.
     app.add_middleware(ResponseCounter, routes=paths - {""}, metrics=metrics)
+    app.state.tracer = instrument(app, provider)  # outermost: the request span covers all the rest
     return app

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import Tracer, get_current_span
 
 from service.deadline import Deadline
 from service.errors import InvalidInput
@@ -60,20 +62,28 @@ async def score(
     impressions: ImpressionLog | None = None,
     deadline: Deadline | None = None,
     shadow: tuple[ModelRunner, ShadowScorer] | None = None,
+    tracer: Tracer | None = None,
 ) -> dict[str, Any]:
     """The response body (the ScoreResponse schema), built as plain data: per-item pydantic models
     cost more than the model run at a few hundred candidates. The items returned are logged as
     impressions, with the features exactly as scored; with a shadow canary, it scores them again
     once the answer has gone."""
     t0 = time.perf_counter()
-    rows, encoded = candidate_rows(req, runner, settings)
+    span = get_current_span()  # the request's: recording only when tracing is on and samples it
+    if not span.is_recording():
+        tracer = None
+    with tracer.start_as_current_span("din.encode_candidates") if tracer else nullcontext():
+        rows, encoded = candidate_rows(req, runner, settings)
     schema = runner.bundle.space.schema
     if deadline is not None:
         deadline.check("reading the user")
     t_read = time.perf_counter()
-    state = await store.read(
-        req.user_id, limit=runner.bundle.max_history, with_profile=req.user is None and bool(schema.profile)
-    )
+    with tracer.start_as_current_span("din.read_user") if tracer else nullcontext():
+        state = await store.read(
+            req.user_id,
+            limit=runner.bundle.max_history,
+            with_profile=req.user is None and bool(schema.profile),
+        )
     t_redis = time.perf_counter()
     metrics.stage_seconds.labels(stage="redis").observe(t_redis - t_read)
     if state is None:
@@ -88,9 +98,13 @@ async def score(
         "degraded": state is None,
     }
     metrics.scored.labels(version=runner.version).inc()
+    if tracer:
+        span.set_attributes({"din.model_version": runner.version, "din.candidates": len(rows),
+                             "din.history_length": len(history), "din.degraded": state is None,
+                             "din.request_id": request_id})  # fmt: skip
     if not rows:
         return body | {"history_length": len(history), "items": []}
-    ctr, attention = await runner.run(history, profile, context, encoded, req.explain, deadline)
+    ctr, attention = await runner.run(history, profile, context, encoded, req.explain, deadline, tracer)
     t_model = time.perf_counter()
     metrics.stage_seconds.labels(stage="model").observe(t_model - t_redis)
     metrics.candidates.observe(len(rows))

@@ -15,9 +15,11 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import Tracer, get_current_span
 
 from model.bundle import Bundle
 from model.feeds import Feeds, one_request
@@ -27,6 +29,7 @@ from service.deadline import Deadline
 from service.errors import InvalidInput
 from service.ids import INT_MAX, INT_MIN
 from service.settings import Settings
+from service.tracing import record
 
 
 def check_fields(
@@ -162,22 +165,40 @@ class ModelRunner:
         candidates: np.ndarray,
         explain: bool,
         deadline: Deadline | None = None,
+        tracer: Tracer | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """CTR per candidate, and attention [N, L] if asked. ``history`` is at most max_history long.
-        With a deadline, a run that would start after it is not started (DeadlineExceeded)."""
+        With a deadline, a run that would start after it is not started (DeadlineExceeded). With a
+        tracer, and a request that is sampled, the wait for a thread and the run are spans."""
         b = self.bundle
-        feeds = build_feeds(b.space, history, profile, context, candidates)
+        if not get_current_span().is_recording():
+            tracer = None  # tracing is off, or this request is not sampled: nothing to record
+        with tracer.start_as_current_span("din.build_features") if tracer else nullcontext():
+            feeds = build_feeds(b.space, history, profile, context, candidates)
         if deadline is not None:
             deadline.check("scoring")
         if self.batcher is not None:
+            started = time.time_ns()
             outputs = await self.batcher.score(feeds, explain)
-        elif deadline is not None:
+            if tracer:
+                record(tracer, "din.model_run", started, time.time_ns(), {"din.batched": True})
+            return outputs[0], (outputs[1] if explain else None)
+        times: list[int] = []
 
-            def run_in_time(feeds: Feeds, explain: bool) -> list[np.ndarray]:
+        def run(feeds: Feeds, explain: bool) -> list[np.ndarray]:
+            if tracer:
+                times.append(time.time_ns())
+            if deadline is not None:
                 deadline.check("scoring")  # it may have waited in the executor's queue
+            try:
                 return b.run(feeds, explain)
+            finally:
+                if tracer:
+                    times.append(time.time_ns())
 
-            outputs = await self.submit(run_in_time, feeds, explain)
-        else:
-            outputs = await self.submit(b.run, feeds, explain)
+        submitted = time.time_ns()
+        outputs = await self.submit(run if tracer or deadline is not None else b.run, feeds, explain)
+        if tracer:
+            record(tracer, "din.queue_wait", submitted, times[0])
+            record(tracer, "din.model_run", times[0], times[1], {"din.batched": False})
         return outputs[0], (outputs[1] if explain else None)

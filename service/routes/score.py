@@ -13,6 +13,7 @@ import re
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from opentelemetry.trace import get_current_span
 
 from service import ranking
 from service.body import json_route, parse
@@ -64,6 +65,12 @@ async def score(request: Request) -> Response:
         state.impressions,
         request.scope.get("state", {}).get("deadline"),
         None if shadow is None else (shadow, state.shadow),
+        state.tracer,
     )
     # Serialised directly: FastAPI's generic response encoding cost more than the model run.
-    return Response(orjson.dumps(body), media_type="application/json", headers={"X-Request-Id": request_id})
+    if get_current_span().is_recording():  # tracing on, and this request sampled
+        with state.tracer.start_as_current_span("din.serialize"):
+            content = orjson.dumps(body)
+    else:
+        content = orjson.dumps(body)
+    return Response(content, media_type="application/json", headers={"X-Request-Id": request_id})

@@ -109,6 +109,8 @@ def test_compose_services_match_the_images_and_settings(compose):
     trainer = services["trainer"]
     assert trainer["profiles"] == ["train"] and "models:/models" in trainer["volumes"]
     assert trainer["environment"]["DIN_INSTANCES"] == "http://api:8000"
+    # experiment.py and the exporter read the impression and click streams the API writes
+    assert trainer["environment"]["DIN_REDIS_URL"] == api["environment"]["DIN_REDIS_URL"]
 
     redis = services["redis"]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]

@@ -76,3 +76,23 @@ def test_every_metric_the_alerts_and_the_dashboard_use_is_exported(trained, tmp_
     used = {m for e in [*alert_exprs(), *dashboard_exprs()] for m in re.findall(r"\bdin_[a-z_]+", e)}
     assert len(used) >= 12
     assert used <= exported, sorted(used - exported)
+
+
+def test_the_realized_ctr_panel_divides_clicks_by_impressions_per_version_across_instances(tmp_path):
+    (expr,) = [e for e in dashboard_exprs() if "din_clicks_total" in e]
+    # Two instances; v1 earns 2 + 1 clicks a minute on 20 + 10 impressions, v2 5 on 20.
+    series = {("v1", "a"): (2, 20), ("v1", "b"): (1, 10), ("v2", "a"): (5, 20)}
+    inputs = []
+    for (version, instance), (clicks, shown) in series.items():
+        labels = f'{{version="{version}",instance="{instance}"}}'
+        inputs.append({"series": f"din_clicks_total{labels}", "values": f"0+{clicks}x40"})
+        inputs.append({"series": f"din_impressions_served_total{labels}", "values": f"0+{shown}x40"})
+    want = [{"labels": '{version="v1"}', "value": 0.1}, {"labels": '{version="v2"}', "value": 0.25}]
+    check = {"expr": expr, "eval_time": "30m", "exp_samples": want}
+    test = {"rule_files": [], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": inputs, "promql_expr_test": [check]}]}  # fmt: skip
+    (tmp_path / "ctr.test.yml").write_text(yaml.safe_dump(test))
+    done = subprocess.run(
+        [promtool(), "test", "rules", "ctr.test.yml"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

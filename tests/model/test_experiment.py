@@ -72,6 +72,7 @@ def test_status_counts_each_arms_impressions_and_clicks_from_the_logs(settings, 
     assert [out["stable"]["impressions"], out["stable"]["clicks"]] == seen["test-v1"]
     assert [out["canary"]["impressions"], out["canary"]["clicks"]] == seen["test-v2"]
     assert out["stable"]["users"] + out["canary"]["users"] == 60
+    assert out["experiment"]["stable"] == "test-v1" and out["experiment"]["canary"]["version"] == "test-v2"
     text = capsys.readouterr().out
     assert "experiment: test-v2 on 50% of users (split" in text and "decision:" in text and "lift" in text
 

@@ -242,6 +242,54 @@ def test_rollback_walks_every_worker_back_one_version_at_a_time(deployment, trai
     assert "older versions to roll back to: test-v1" in logs[0]
 
 
+def model_answers(url: str, probes: int = 20) -> set[tuple[str, str | None]]:
+    """(version, canary version) as the workers report them, over fresh connections."""
+    seen = set()
+    for _ in range(probes):
+        conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+        conn.request("GET", "/model")
+        body = json.loads(conn.getresponse().read())
+        seen.add((body["version"], (body.get("canary") or {}).get("version")))
+        conn.close()
+    return seen
+
+
+def test_redeploy_canary_splits_users_on_every_worker_until_experiment_abort(deployment, trained, tmp_path):
+    serve(deployment, trained, tmp_path, "test-v1")
+    new = f"test-canary-{uuid.uuid4().hex[:6]}"
+    bundle = staged_copy(trained[1], tmp_path, version=new)
+
+    done = redeploy(deployment, "--bundle", str(bundle), *TRAIN, "--canary", "50", "--salt", "split-test")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[5/7] canary {new} on 50% of users (split) beside test-v1" in done.stdout
+    pointer = deployment.repo.pointer()
+    assert (
+        pointer.version == "test-v1" and pointer.canary.version == new and pointer.canary.salt == "split-test"
+    )
+    assert model_answers(deployment.url) == {("test-v1", new)}  # both workers hold both versions
+    served: dict[int, set[str]] = {}
+    for user in range(60):  # twice each, on fresh connections: the arm is the user's, on any worker
+        body = json.dumps(
+            {"user_id": user, "candidates": [{"item_id": i, "category_id": i % 7} for i in range(5)]}
+        )
+        for _ in range(2):
+            conn = http.client.HTTPConnection(deployment.url.removeprefix("http://"), timeout=30)
+            conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            served.setdefault(user, set()).add(json.loads(conn.getresponse().read())["model_version"])
+            conn.close()
+    assert all(v == {new if pointer.canary.takes(u) else "test-v1"} for u, v in served.items())
+    assert {v for versions in served.values() for v in versions} == {"test-v1", new}
+
+    cmd = [sys.executable, "scripts/experiment.py", "abort", "--models", str(deployment.repo.root),
+           "--instance", deployment.url, "--admin-token", TOKEN]  # fmt: skip
+    ended = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    assert deployment.repo.pointer().canary is None and deployment.repo.current() == "test-v1"
+    assert model_answers(deployment.url) == {("test-v1", None)}
+
+
 def test_redeploy_on_served_logs_warm_starts_and_gates_on_the_newest_slice(tmp_path, capsys):
     """Two days of exported logs: day 1 trains the first version; day 2, with item ids day 1 never
     had, fine-tunes it (--init-from), and the gate scores both versions on day 2's newest tenth."""

@@ -45,6 +45,13 @@ def test_a_redeploy_under_load_fails_no_request_and_switches_every_answer(suite)
     assert r["failed"] == 0 and r["switched"] and r["script_exit_code"] == 0, r  # shed 503s apart
 
 
+def test_a_canary_started_promoted_and_aborted_under_load_fails_no_request(suite):
+    r = run(suite, "canary")
+    assert r["failed"] == 0 and r["script_exit_codes"] == [0, 0, 0, 0], r  # shed 503s apart
+    assert r["served_per_phase"][1] == ["canary-a"] and r["served_per_phase"][3] == ["canary-a"], r
+    assert all(r["phases_as_expected"]), r
+
+
 def test_fuzzing_finds_no_5xx_no_response_off_the_schema_and_no_echo(suite):
     r = run(suite, "fuzz")
     assert r["cases"] > 0 and r["server_errors"] == 0 and r["failures"] == 0, r

@@ -36,3 +36,23 @@ def test_the_history_bound_grows_with_the_history_and_stays_below_the_oracle():
     world = World.make(users=100, items=300, categories=20, drift=0.05, seed=0)
     bound = history_bound(world, [1, 40], k=5, slate=40)
     assert 0 < bound[1] < bound[40] <= 1
+
+
+def test_quick_experiments_abort_a_broken_canary_and_count_what_the_simulator_saw(tmp_path):
+    out = tmp_path / "experiments.json"
+    assert main(["--experiment", "broken", "identical", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    broken, identical = result["runs"]
+    assert (broken["kind"], identical["kind"]) == ("broken", "identical")
+    # Shuffled labels rank at random: worse under the ground truth, and the test says so.
+    assert broken["true_lift"] < 0 and broken["decision"] == "abort"
+    for r in result["runs"]:
+        assert r["current_after"] == "stable"  # an abort, or "no difference", leaves the stable alone
+        assert r["looks"] >= 1 and r["canary_impressions_served"] > 0
+        # The experiment's counts, from the service's logs, against the simulator's own: the last
+        # look saw at most what the simulator was served, and most of it.
+        for arm in ("stable", "canary"):
+            seen, served = r[f"{arm}_impressions_at_decision"], r["arms"][arm]["impressions"]
+            assert 0 < seen <= served and seen >= served / 2, (arm, r)
+    assert identical["decision"] in ("no difference", "promote", "abort")
+    assert result["false_decisions"] == int(identical["decision"] != "no difference")
