@@ -29,3 +29,14 @@ def replace_readme_block(readme: Path, name: str, text: str) -> None:
     before, rest = content.split(start, 1)
     after = rest.split(end, 1)[1]
     readme.write_text(f"{before}{start}\n{text.strip()}\n{end}{after}")
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Removes every key under ``prefix``: what a script that used its own prefix leaves behind."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match=f"{prefix}*", count=10_000))
+    for k in range(0, len(stale), 10_000):
+        client.delete(*stale[k : k + 10_000])
+    client.close()

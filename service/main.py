@@ -24,7 +24,7 @@ from service.metrics import Metrics
 from service.model_slot import ModelSlot
 from service.openapi import model_openapi
 from service.responses import ResponseCounter
-from service.routes import admin, behaviors, ops, score
+from service.routes import admin, behaviors, ops, score, ui
 from service.settings import Settings
 from service.shadow import ShadowScorer
 from service.shutdown import Drain
@@ -141,7 +141,7 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
     )
     install_error_handlers(app, metrics.count_error)
     app.openapi = model_openapi(app, settings)  # type: ignore[method-assign]
-    routers = (score.router, behaviors.router, ops.router, admin.router)
+    routers = (score.router, behaviors.router, ops.router, admin.router, ui.router)
     for router in routers:
         app.include_router(router)
     paths = {getattr(r, "path", "") for r in (*app.routes, *(r for router in routers for r in router.routes))}

@@ -91,7 +91,7 @@ async def score(
     history = state.history if state else []
     profile = req.user if req.user is not None else (state.profile if state else {})
     context = {**default_context(), **(req.context or {})}
-    body = {
+    body: dict[str, Any] = {
         "request_id": request_id,
         "model_version": runner.version,
         "user_id": req.user_id,
@@ -102,6 +102,8 @@ async def score(
         span.set_attributes({"din.model_version": runner.version, "din.candidates": len(rows),
                              "din.history_length": len(history), "din.degraded": state is None,
                              "din.request_id": request_id})  # fmt: skip
+    if req.explain:
+        body["history"] = history  # what "attention" and "influence" are aligned with, oldest first
     if not rows:
         return body | {"history_length": len(history), "items": []}
     ctr, attention = await runner.run(history, profile, context, encoded, req.explain, deadline, tracer)
@@ -122,8 +124,12 @@ async def score(
             if was_explored:
                 item["explored"] = True
     if attention is not None:
-        for item, i in zip(items, order, strict=True):
-            item["behaviors"] = _top_behaviors(history, attention[i], settings.explain_top)
+        influence = await runner.influence(history, profile, context, encoded[order], ctr[order])
+        n = len(history)
+        for item, i, lift in zip(items, order, influence, strict=True):
+            weights = attention[i, :n].astype(np.float64)
+            item["behaviors"] = _top_behaviors(history, weights, lift, settings.explain_top)
+            item["attention"], item["influence"] = weights.tolist(), lift.tolist()
     metrics.served.labels(version=runner.version).inc(len(items))
     if shadow is not None:
         answer = {"request_id": request_id, "user_id": req.user_id, "model_version": runner.version,
@@ -150,7 +156,13 @@ async def score(
     return body | {"history_length": len(history), "items": items}
 
 
-def _top_behaviors(history: list[dict[str, Any]], weights: np.ndarray, k: int) -> list[dict[str, Any]]:
-    n = len(history)
-    top = np.argsort(-weights[:n], kind="stable")[:k]
-    return [{**history[j], "weight": float(weights[j])} for j in top]
+def _top_behaviors(
+    history: list[dict[str, Any]], weights: np.ndarray, influence: np.ndarray, k: int
+) -> list[dict[str, Any]]:
+    """The k behaviours that moved the item's CTR most, either way: ordered by the size of their
+    influence (the CTR with the whole history minus the CTR without that behaviour), each with its
+    signed influence and its raw attention weight. The raw weight alone does not say which way a
+    behaviour pushes: the activation unit's output is not normalised and may be negative, and what
+    the MLP after it makes of the weighted sum is not monotone in it."""
+    top = np.argsort(-np.abs(influence), kind="stable")[:k]
+    return [{**history[j], "weight": float(weights[j]), "influence": float(influence[j])} for j in top]

@@ -22,8 +22,8 @@ import numpy as np
 from opentelemetry.trace import Tracer, get_current_span
 
 from model.bundle import Bundle
-from model.feeds import Feeds, one_request
-from model.schema import MISSING_INT, MISSING_STR, FeatureSpace
+from model.feeds import Feeds, Inputs, one_request
+from model.schema import MISSING_INT, MISSING_STR, PAD, FeatureSpace
 from service.batcher import MicroBatcher, RunFn
 from service.deadline import Deadline
 from service.errors import InvalidInput
@@ -125,6 +125,26 @@ def build_feeds(
     )
 
 
+def leave_one_out(feeds: Feeds, items: np.ndarray) -> Feeds:
+    """R = L requests from one request's feeds: request j is the history without behaviour j, each
+    scoring ``items`` (index rows [n, F]). Their CTRs against the full history's give each
+    behaviour's influence on each item."""
+    length = int(feeds.history_len[0])
+    history = feeds.history[0, :length]
+    without = np.stack([np.delete(history, j, axis=0) for j in range(length)])  # [L, L - 1, F]
+    if length == 1:  # the graph's L is never 0: one padding slot, length 0
+        without = np.full((1, 1, history.shape[1]), PAD, dtype=np.int64)
+    n = len(items)
+    return Inputs(
+        np.repeat(feeds.profile, length, axis=0),
+        np.repeat(feeds.context, length, axis=0),
+        without,
+        np.full(length, length - 1, dtype=np.int64),
+        np.tile(items, (length, 1)),
+        np.repeat(np.arange(length, dtype=np.int64), n),
+    )
+
+
 class ModelRunner:
     """One loaded model. Never changes once built: a hot swap builds a new ModelRunner, and a request
     keeps the one it started with, so it is scored, ranked and labelled by a single version."""
@@ -202,3 +222,20 @@ class ModelRunner:
             record(tracer, "din.queue_wait", submitted, times[0])
             record(tracer, "din.model_run", times[0], times[1], {"din.batched": False})
         return outputs[0], (outputs[1] if explain else None)
+
+    async def influence(
+        self,
+        history: list[dict[str, Any]],
+        profile: dict[str, Any],
+        context: dict[str, Any],
+        items: np.ndarray,
+        ctr: np.ndarray,
+    ) -> np.ndarray:
+        """[n, L]: how much each behaviour raised (> 0) or lowered (< 0) each item's CTR, against
+        the history without it. ``items`` are index rows [n, F] whose CTR with the full history is
+        ``ctr``. One model run of n x L rows, off the event loop."""
+        if not history:
+            return np.zeros((len(items), 0), dtype=np.float64)
+        feeds = leave_one_out(build_feeds(self.bundle.space, history, profile, context, items), items)
+        (without,) = await self.submit(self.bundle.run, feeds, False)
+        return ctr[:, None].astype(np.float64) - without.reshape(len(history), len(items)).T

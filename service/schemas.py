@@ -52,7 +52,9 @@ class ScoreRequest(BaseModel):
         None, description="return the best k (default: all)"
     )
     explain: StrictBool = Field(
-        False, description="add each item's most influential behaviours with their attention weights"
+        False,
+        description="add the history scored, and per item the attention weight and the influence on "
+        "its CTR of every behaviour, and the behaviours that moved it most",
     )
     request_id: RequestId | None = Field(
         None,
@@ -65,7 +67,10 @@ class Behavior(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     item_id: RawId
-    weight: float
+    weight: float = Field(description="the activation unit's raw attention weight")
+    influence: float = Field(
+        description="the item's CTR with the whole history minus its CTR without this behaviour"
+    )
 
 
 class ScoredItem(BaseModel):
@@ -75,7 +80,11 @@ class ScoredItem(BaseModel):
     ctr: float
     rank: int
     explored: bool | None = Field(None, description="true when exploration put this item here")
-    behaviors: list[Behavior] | None = None
+    behaviors: list[Behavior] | None = Field(
+        None, description="with explain: the behaviours that moved the CTR most, by |influence|"
+    )
+    attention: list[float] | None = Field(None, description="with explain: per behaviour of history")
+    influence: list[float] | None = Field(None, description="with explain: per behaviour of history")
 
 
 class ScoreResponse(BaseModel):
@@ -84,6 +93,9 @@ class ScoreResponse(BaseModel):
     user_id: RawId
     history_length: int
     degraded: bool = Field(description="true when the behaviour store could not be read in time")
+    history: list[dict[str, Any]] | None = Field(
+        None, description="with explain: the behaviours scored, oldest first"
+    )
     items: list[ScoredItem]
 
 

@@ -72,14 +72,33 @@ def test_a_posted_behaviour_changes_the_next_score_of_a_related_candidate(client
     )
 
 
-def test_explain_lists_the_top_behaviours_by_weight(client, settings):
+def test_explain_lists_the_behaviours_that_moved_the_ctr_most_either_way(client, settings):
     post_events(client, "u3", [(i, i % 50) for i in range(1, 12)])
     got = score(
         client, "u3", [{"item_id": 3, "category_id": 3}, {"item_id": 4, "category_id": 4}], explain=True
     )
+    assert [b["item_id"] for b in got["history"]] == list(range(1, 12))  # as scored, oldest first
     for item in got["items"]:
-        weights = [b["weight"] for b in item["behaviors"]]
-        assert len(weights) == settings.explain_top and weights == sorted(weights, reverse=True)
+        assert len(item["attention"]) == len(item["influence"]) == 11
+        top = item["behaviors"]
+        sizes = [abs(b["influence"]) for b in top]
+        assert len(top) == settings.explain_top and sizes == sorted(sizes, reverse=True)
+        assert sizes[0] == max(abs(v) for v in item["influence"])
+        for b in top:  # each listed behaviour carries its own entries of the full arrays
+            j = b["item_id"] - 1
+            assert (b["weight"], b["influence"]) == (item["attention"][j], item["influence"][j])
+
+
+def test_a_behaviours_influence_is_the_ctr_change_of_the_same_history_without_it(client):
+    history = [(i, i % 50) for i in (8, 21, 34, 55, 89)]
+    candidates = [{"item_id": 21, "category_id": 21}, {"item_id": 13, "category_id": 13}]
+    post_events(client, "full", history)
+    got = score(client, "full", candidates, explain=True)
+    for j in range(len(history)):  # another user with the same history but behaviour j
+        post_events(client, f"without-{j}", history[:j] + history[j + 1 :])
+        without = {it["item_id"]: it["ctr"] for it in score(client, f"without-{j}", candidates)["items"]}
+        for item in got["items"]:
+            assert item["influence"][j] == pytest.approx(item["ctr"] - without[item["item_id"]], abs=1e-6)
 
 
 def test_history_is_capped_to_the_newest_behaviours(client, settings):
