@@ -351,17 +351,21 @@ def tracing_env(tracing: str, sink: OtlpSink | None) -> dict[str, str]:
 
 
 class OtlpSink:
-    """An OTLP/HTTP endpoint that takes every export and keeps only its size, standing in for a
-    collector: what the service pays is building, batching and sending the spans."""
+    """An OTLP/HTTP endpoint that takes every export and keeps its size (and, with ``keep``, the
+    body), standing in for a collector: what the service pays is building, batching and sending."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         sink = self
         self.requests = self.bytes = 0
+        self.bodies: list[bytes] = []  # with keep (tests read them)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                sink.bytes += len(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.bytes += len(body)
                 sink.requests += 1
+                if keep:
+                    sink.bodies.append(body)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NoOpTracer
 
+from bench_service import OtlpSink
 from service.main import create_app
 from service.tracing import wanted
 
@@ -122,3 +124,25 @@ def test_tracing_is_off_without_otel_variables_and_instruments_nothing(settings,
 )
 def test_tracing_is_on_only_when_an_exporter_or_endpoint_is_named(environ, on):
     assert wanted(environ) is on
+
+
+def test_otel_variables_alone_export_the_spans_over_otlp_http(settings, monkeypatch):
+    sink = OtlpSink(keep=True)
+    try:
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{sink.url}/v1/traces")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "din-test")
+        with TestClient(create_app(settings)) as c:  # no provider given: the variables decide
+            assert c.post("/score", json={"user_id": 7, "candidates": CANDIDATES}).status_code == 200
+        # shutting the app down flushed the batch
+    finally:
+        sink.close()
+    names, services = set(), set()
+    for body in sink.bodies:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            services.add(attributes.get("service.name"))
+            names |= {span.name for scope in resource_spans.scope_spans for span in scope.spans}
+    assert services == {"din-test"}
+    assert {"POST /score", *STAGES} <= names
