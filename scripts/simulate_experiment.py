@@ -164,10 +164,12 @@ class Lab:
         version, started = self.start(kind, rep)
         if not started:
             print(f"{kind}: scripts/redeploy.py did not start {version} (see {s.log})", flush=True)
+            current = self.repo.current()
             return {"kind": kind, "canary": version, "salt": "-", "percent": a.percent,
-                    "decision": "not started", "looks": 0, "canary_impressions_at_decision": 0,
-                    "canary_impressions_served": 0,
-                    "lift": None, "true_lift": math.nan}  # fmt: skip
+                    "decision": "not started", "current_after": current, "looks": 0,
+                    "canary_impressions_at_decision": 0, "stable_impressions_at_decision": 0,
+                    "canary_impressions_served": 0, "lift": None, "low": None, "high": None,
+                    "p_value": None, "true_lift": math.nan, "arms": {}}  # fmt: skip
         pointer = self.repo.pointer()
         assert pointer is not None and pointer.canary is not None
         tally = Tally(pointer.version, pointer.canary)
