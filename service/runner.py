@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
-from opentelemetry.trace import Tracer, get_current_span
+from opentelemetry.trace import Tracer
 
 from model.bundle import Bundle
 from model.feeds import Feeds, Inputs, one_request
@@ -189,10 +189,9 @@ class ModelRunner:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """CTR per candidate, and attention [N, L] if asked. ``history`` is at most max_history long.
         With a deadline, a run that would start after it is not started (DeadlineExceeded). With a
-        tracer, and a request that is sampled, the wait for a thread and the run are spans."""
+        tracer (service.ranking passes one only for a request being traced), the features, the wait
+        for a thread and the run are spans."""
         b = self.bundle
-        if not get_current_span().is_recording():
-            tracer = None  # tracing is off, or this request is not sampled: nothing to record
         with tracer.start_as_current_span("din.build_features") if tracer else nullcontext():
             feeds = build_feeds(b.space, history, profile, context, candidates)
         if deadline is not None:
