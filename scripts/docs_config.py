@@ -1,6 +1,6 @@
-"""Writes the README's configuration table from ``service.settings.Settings``, so it cannot drift.
+"""Writes docs/configuration.md's table from ``service.settings.Settings``, so it cannot drift.
 
-python scripts/docs_config.py --readme README.md
+python scripts/docs_config.py            # or --readme FILE, any file with a config block
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def table() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument(
+        "--readme", type=Path, default=Path(__file__).resolve().parents[1] / "docs/configuration.md"
+    )
     replace_readme_block(p.parse_args(argv).readme, "config", table())
 
 
