@@ -60,6 +60,14 @@ def new_version_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
+def bundle_version(bundle: Path) -> str:
+    """The version a bundle folder's manifest names."""
+    try:
+        return check_version_name(str(json.loads((bundle / MANIFEST_FILE).read_text())["version"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RepositoryError(f"{bundle} is not a model bundle: {e}") from e
+
+
 class ModelRepository:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -105,22 +113,41 @@ class ModelRepository:
 
     def publish(self, bundle: Path) -> str:
         """Copies a bundle folder in as the version its manifest names; visible only once complete."""
-        try:
-            version = check_version_name(str(json.loads((bundle / MANIFEST_FILE).read_text())["version"]))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise RepositoryError(f"{bundle} is not a model bundle: {e}") from e
+        version = bundle_version(bundle)
         target = self.path(version)
+        exists = RepositoryError(f"version {version} already exists in {self.root}; versions are immutable")
         if target.exists():
-            raise RepositoryError(f"version {version} already exists in {self.root}; versions are immutable")
+            raise exists
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
         try:
             shutil.copytree(bundle, tmp, dirs_exist_ok=True)
             tmp.chmod(0o755)
-            tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except OSError as e:  # another process published the same version meanwhile
+                if target.exists():
+                    raise exists from e
+                raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return version
+
+    def seed(self, bundle: Path) -> str | None:
+        """Publishes ``bundle`` and points ``current`` at it when there is no current version yet;
+        None when there was one. Safe when several processes seed at once (a server's workers
+        starting together): the version is published once and every one of them finds it."""
+        if self.current() is not None:
+            return None
+        version = bundle_version(bundle)
+        try:
+            self.publish(bundle)
+        except RepositoryError:
+            if not self.path(version).exists():
+                raise
+        if self.current() is None:
+            self.set_current(version)
         return version
 
     def set_current(self, version: str) -> Pointer:

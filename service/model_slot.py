@@ -102,10 +102,9 @@ class ModelSlot:
         the setting to change named."""
         seed = self.settings.seed_bundle
         try:
-            if seed is not None and self.repository.current() is None:
-                seeded = self.repository.publish(seed)
-                self.repository.set_current(seeded)
-                log.info("empty repository %s: published the seed bundle as %s", self.repository.root, seeded)
+            seeded = self.repository.seed(seed) if seed is not None else None
+            if seeded is not None:
+                log.info("empty repository %s: seeded with the bundle %s", self.repository.root, seeded)
         except RepositoryError as e:
             raise StartupError(f"DIN_SEED_BUNDLE={seed}: {e}") from e
         try:

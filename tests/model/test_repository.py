@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,17 @@ def test_prune_keeps_the_newest_and_whatever_rollback_needs(repo, tmp_path):
     repo.set_current("v2")
     assert repo.prune(keep=2) == ["v3"]  # v1 and v2 are the pointer's last two; v4 and v5 the newest
     assert repo.versions() == ["v1", "v2", "v4", "v5"]
+
+
+def seed_in_a_process(root: str, bundle: str) -> str | None:
+    return ModelRepository(Path(root)).seed(Path(bundle))
+
+
+def test_workers_seeding_an_empty_repository_at_once_all_start_on_the_one_seed(repo, tmp_path):
+    bundle = fake_bundle(tmp_path, "demo")
+    with ProcessPoolExecutor(6) as pool:  # a server's workers, each seeding as it starts
+        seeded = list(pool.map(seed_in_a_process, [str(repo.root)] * 12, [str(bundle)] * 12))
+    assert "demo" in seeded and set(seeded) <= {"demo", None}  # None: a current version was already there
+    assert repo.versions() == ["demo"] and repo.current() == "demo"
+    assert not [p for p in repo.root.iterdir() if p.name.startswith(".demo.")]  # no temporary copies left
+    assert repo.seed(fake_bundle(tmp_path, "other")) is None and repo.current() == "demo"
