@@ -36,11 +36,12 @@ import redis
 
 from model.canary import Canary
 from model.deploy import DeployError, add_rollout_args, roll_out
-from model.feedback import DEFAULT_WINDOW_SECONDS, attribute
+from model.feedback import DEFAULT_WINDOW_SECONDS, attribute, id_key
 from model.metrics import auc, gauc, logloss
 from model.repository import ModelRepository, Pointer, RepositoryError
 from model.sequential import Comparison, SequentialTest, arm_stats
 from service.keys import Keys, decode_feedback
+from service.redis_client import SyncClient, keys_for, sync_client
 
 READ_COUNT = 5000
 
@@ -53,32 +54,32 @@ def start_id(canary: Canary) -> str:
 
 @dataclass
 class StreamLog:
-    """The records of one stream since the experiment started, read incrementally, each kept with
-    only what attribution and counting need."""
+    """The records of one stream (all its shard keys) since the experiment started, read
+    incrementally, each kept with only what attribution and counting need, in time order."""
 
-    client: redis.Redis
-    key: str
-    last: str
+    client: SyncClient
+    keys: tuple[str, ...]
+    first: str
     records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    read_any: bool = False  # after the first entry, ranges start after the last one read
+    last: dict[str, str] = field(default_factory=dict)  # per key, after the first entry read
 
     def update(self) -> None:
-        while True:
-            reply: Any = self.client.xrange(
-                self.key, f"({self.last}" if self.read_any else self.last, "+", READ_COUNT
-            )
-            if not reply:
-                return
-            self.read_any = True
-            for entry_id, fields in reply:
-                self.last = entry_id.decode()
-                try:
-                    record = decode_feedback(fields[b"r"])
-                except (KeyError, ValueError):
-                    continue  # an entry this code does not read is not part of the experiment
-                self.records.append((self.last, _slim(record)))
-            if len(reply) < READ_COUNT:
-                return
+        new: list[tuple[str, dict[str, Any]]] = []
+        for key in self.keys:
+            while True:
+                start = f"({self.last[key]}" if key in self.last else self.first
+                reply: Any = self.client.xrange(key, start, "+", READ_COUNT)
+                for entry_id, fields in reply:
+                    self.last[key] = entry_id.decode()
+                    try:
+                        record = decode_feedback(fields[b"r"])
+                    except (KeyError, ValueError):
+                        continue  # an entry this code does not read is not part of the experiment
+                    new.append((self.last[key], _slim(record)))
+                if len(reply) < READ_COUNT:
+                    break
+        new.sort(key=lambda e: id_key(e[0]))
+        self.records += new
 
 
 def _slim(record: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +94,7 @@ class Experiment:
     """The running experiment's data, refreshed by ``update`` (only new stream entries are read)."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, pointer: Pointer, window: float = DEFAULT_WINDOW_SECONDS
+        self, client: SyncClient, keys: Keys, pointer: Pointer, window: float = DEFAULT_WINDOW_SECONDS
     ):
         if pointer.canary is None:
             raise RepositoryError("no canary is running: start one with scripts/redeploy.py --canary P")
@@ -311,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             finish(repo, a.command, a)
             return 0
         print(describe(pointer), flush=True)
-        client = redis.Redis.from_url(a.redis_url, socket_timeout=30)
-        exp = Experiment(client, Keys(a.key_prefix), pointer, a.label_window_seconds)
+        client = sync_client(a.redis_url, timeout_seconds=30)
+        exp = Experiment(client, keys_for(a.redis_url, a.key_prefix), pointer, a.label_window_seconds)
         if pointer.canary.mode == "shadow":
             if a.auto:
                 raise RepositoryError("shadow mode serves no canary traffic to decide on: run it as a split")
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         cmp = exp.compare(a.test)
         print(render(pointer, cmp, a.test))
         write_json(a.json, pointer, cmp, 1)
-    except (RepositoryError, DeployError, redis.RedisError, OSError) as e:
+    except (RepositoryError, DeployError, redis.RedisError, OSError, ValueError) as e:
         print(f"experiment: {e}", file=sys.stderr)
         return 1
     return 0

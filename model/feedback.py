@@ -14,10 +14,11 @@ Attribution: a click naming a ``request_id`` goes to that answer's impression of
 one (or when that answer did not show the item) to the user's latest impression of the item that
 is at most a label window older than the click.
 
-Exactly once. Stream entries are exported in id order, and an entry is ripe when its id time is a
-label window old, so what is exported is always a prefix of the stream: a watermark. A batch is
-written as files under temporary names, fsynced, renamed, and only then committed by a line in
-``_exports.jsonl`` (fsynced); then the stream entries are acknowledged. A restarted exporter deletes
+Exactly once. Each stream key (one on a single server, ``STREAM_SHARDS`` on a cluster) is exported
+in id order, and an entry is ripe when its id time is a label window old, so what is exported of a
+key is always a prefix of it: a watermark per key. A batch is written as files under temporary
+names, fsynced, renamed, and only then committed by a line in ``_exports.jsonl`` (fsynced) holding
+every key's watermark; then the stream entries are acknowledged. A restarted exporter deletes
 files of an uncommitted batch, acknowledges pending entries at or below the committed watermark
 without writing them again, and re-reads the rest from its pending list. Clicks stay pending until
 no impression they could belong to remains unexported.
@@ -38,10 +39,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import redis
 from redis.exceptions import ResponseError
 
 from service.keys import Keys, decode_feedback
+from service.redis_client import SyncClient, keys_for, sync_client
 
 GROUP = "din-export"
 CONSUMER = "exporter"
@@ -61,23 +62,32 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+Entry = tuple[str, str, dict[str, Any]]  # stream key, entry id, record
+
+
 @dataclass
 class Pending:
-    """Stream entries delivered to this consumer and not yet acknowledged, in id order."""
+    """Stream entries delivered to this consumer and not yet acknowledged: the impressions in time
+    order (by id time, then key, then id), so each key's entries stay in id order."""
 
-    impressions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    clicks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    impressions: list[Entry] = field(default_factory=list)
+    clicks: list[Entry] = field(default_factory=list)
+
+
+def _order(entry: Entry) -> tuple[int, str, int]:
+    ms, seq = id_key(entry[1])
+    return ms, entry[0], seq
 
 
 class Exporter:
     def __init__(
-        self, client: redis.Redis, keys: Keys, out: Path, window_seconds: float, batch: int = BATCH_ANSWERS
+        self, client: SyncClient, keys: Keys, out: Path, window_seconds: float, batch: int = BATCH_ANSWERS
     ):
         self.r, self.out, self.window, self.batch = client, out, window_seconds, batch
-        self.imp_key, self.click_key = keys.impressions(), keys.clicks()
+        self.imp_keys, self.click_keys = keys.impressions(), keys.clicks()
         self.trimmed = 0
         out.mkdir(parents=True, exist_ok=True)
-        for key in (self.imp_key, self.click_key):
+        for key in (*self.imp_keys, *self.click_keys):
             try:
                 self.r.xgroup_create(key, GROUP, id="0", mkstream=True)
             except ResponseError as e:
@@ -105,15 +115,29 @@ class Exporter:
     def read_all(self) -> Pending:
         p = Pending()
         for start in ("0", ">"):
-            p.impressions += [(i, decode_feedback(f[b"r"])) for i, f in self._read(self.imp_key, start)]
-            p.clicks += [(i, decode_feedback(f[b"r"])) for i, f in self._read(self.click_key, start)]
+            for key in self.imp_keys:
+                p.impressions += [(key, i, decode_feedback(f[b"r"])) for i, f in self._read(key, start)]
+            for key in self.click_keys:
+                p.clicks += [(key, i, decode_feedback(f[b"r"])) for i, f in self._read(key, start)]
+        p.impressions.sort(key=_order)
         return p
 
+    def ack(self, entries: list[Entry]) -> None:
+        by_key: dict[str, list[str]] = defaultdict(list)
+        for key, entry_id, _ in entries:
+            by_key[key].append(entry_id)
+        for key, ids in by_key.items():
+            self.r.xack(key, GROUP, *ids)
+
     # --- committing ------------------------------------------------------------------------------
-    def watermark(self) -> str:
-        """The last impression entry id of the last committed batch ("0-0" before any)."""
+    def watermark(self) -> dict[str, str]:
+        """Per impression stream key, the last entry id committed ("0-0" before any). A commit of
+        the single-key layout holds one id."""
         batches = read_commits(self.out)
-        return batches[-1]["last"] if batches else "0-0"
+        last = batches[-1]["last"] if batches else {}
+        if isinstance(last, str):
+            last = {self.imp_keys[0]: last}
+        return {key: last.get(key, "0-0") for key in self.imp_keys}
 
     def clean_uncommitted(self) -> None:
         committed = {name for batch in read_commits(self.out) for name in batch["files"]}
@@ -127,51 +151,54 @@ class Exporter:
         self.clean_uncommitted()
         mark = self.watermark()
         pending = self.read_all()
-        done = [i for i, _ in pending.impressions if id_key(i) <= id_key(mark)]
-        if done:  # written by a run that stopped before acknowledging
-            self.r.xack(self.imp_key, GROUP, *done)
-        todo = [(i, rec) for i, rec in pending.impressions if id_key(i) > id_key(mark)]
-        # Ids grow with time, so the ripe answers are a prefix of the unexported ones.
-        n_ripe = next((k for k, (i, _) in enumerate(todo) if id_seconds(i) + self.window > now), len(todo))
-        clicked = attribute(todo, pending.clicks, self.window)
+
+        def exported(entry: Entry) -> bool:
+            return id_key(entry[1]) <= id_key(mark[entry[0]])
+
+        self.ack([e for e in pending.impressions if exported(e)])  # written by a run that stopped
+        todo = [e for e in pending.impressions if not exported(e)]
+        # Ids grow with time, so the ripe answers are a prefix of each key's unexported ones.
+        n_ripe = next((k for k, e in enumerate(todo) if id_seconds(e[1]) + self.window > now), len(todo))
+        answers = [(entry_id, rec) for _, entry_id, rec in todo]
+        clicked = attribute(answers, [(i, c) for _, i, c in pending.clicks], self.window)
         reused: set[tuple[Any, str]] = set()
-        exported = 0
+        exported_rows = 0
         for s in range(0, n_ripe, self.batch):
             e = min(s + self.batch, n_ripe)
-            rows = sample_rows(todo, s, e, clicked, reused)
-            files = self.write(rows, todo[e - 1][0])
-            self.commit(todo[s][0], todo[e - 1][0], files, len(rows))
-            self.r.xack(self.imp_key, GROUP, *[i for i, _ in todo[s:e]])
-            exported += len(rows)
+            rows = sample_rows(answers, s, e, clicked, reused)
+            for key, entry_id, _ in todo[s:e]:
+                mark[key] = entry_id
+            files = self.write(rows, f"{len(read_commits(self.out)):06d}-{todo[e - 1][1]}")
+            self.commit(mark, files, len(rows))
+            self.ack(todo[s:e])
+            exported_rows += len(rows)
         # A click can still belong to an impression not yet exported only if it is younger than
         # the oldest unexported impression's time plus the window and the flush slack.
-        left = [id_seconds(i) for i, _ in todo[n_ripe:]]
+        left = [id_seconds(entry_id) for _, entry_id, _ in todo[n_ripe:]]
         horizon = (min(left) if left else now - self.window) - FLUSH_SLACK_SECONDS
-        old = [i for i, c in pending.clicks if c["at"] < horizon]
-        if old:
-            self.r.xack(self.click_key, GROUP, *old)
-        return {"impressions": exported, "answers": n_ripe, "waiting": len(todo) - n_ripe}
+        self.ack([c for c in pending.clicks if c[2]["at"] < horizon])
+        return {"impressions": exported_rows, "answers": n_ripe, "waiting": len(todo) - n_ripe}
 
-    def write(self, rows: list[dict[str, Any]], last: str) -> list[str]:
+    def write(self, rows: list[dict[str, Any]], name: str) -> list[str]:
         by_hour: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_hour[time.strftime("%Y-%m-%dT%H", time.gmtime(row["ts"]))].append(row)
         names = []
         for hour, hour_rows in sorted(by_hour.items()):
             # Not "hour=…": readers would take it for a hive partition and add an "hour" column.
-            name = f"{hour}/part-{last}.parquet"
-            final = self.out / name
+            path = f"{hour}/part-{name}.parquet"
+            final = self.out / path
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f".{final.name}.tmp")
             pq.write_table(pa.Table.from_pylist(hour_rows), tmp)
             _fsync(tmp)
             os.replace(tmp, final)
             _fsync(final.parent)
-            names.append(name)
+            names.append(path)
         return names
 
-    def commit(self, first: str, last: str, files: list[str], rows: int) -> None:
-        line = json.dumps({"first": first, "last": last, "files": files, "rows": rows, "at": time.time()})
+    def commit(self, last: dict[str, str], files: list[str], rows: int) -> None:
+        line = json.dumps({"last": last, "files": files, "rows": rows, "at": time.time()})
         with open(self.out / COMMITS, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -180,7 +207,7 @@ class Exporter:
 
 
 def read_commits(out: Path) -> list[dict[str, Any]]:
-    """The committed batches of an exported folder, oldest first: first and last entry id, files."""
+    """The committed batches of an exported folder, oldest first: each key's last entry id, files."""
     path = out / COMMITS
     if not path.exists():
         return []
@@ -278,10 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.label_window_seconds < 0:
         p.error("--label-window-seconds must be >= 0")
-    client = redis.Redis.from_url(a.redis_url)
     if a.batch < 1:
         p.error("--batch must be >= 1")
-    exporter = Exporter(client, Keys(a.key_prefix), a.out, a.label_window_seconds, a.batch)
+    try:
+        client, keys = sync_client(a.redis_url), keys_for(a.redis_url, a.key_prefix)
+    except ValueError as e:
+        p.error(f"--redis-url / --key-prefix: {e}")
+    exporter = Exporter(client, keys, a.out, a.label_window_seconds, a.batch)
     while True:
         counts = exporter.export()
         print(

@@ -6,6 +6,7 @@
 ``--data`` is a raw-log folder (``interactions.csv.gz`` + ``items.csv.gz`` [+ ``users.csv.gz``]) or
 ``synthetic``. Each user's newest ``--cap`` behaviours replace whatever the store held for them,
 written in pipelined batches, with the key names, record format and TTL the service uses.
+``--redis-url`` may name a Redis Cluster (``redis+cluster://host:port``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from model.logs import IGNORED_PROFILE_COLUMNS, is_raw_log_dir, lookup, read_time_ordered
 from service.keys import Keys, encode_profile, encode_value
+from service.redis_client import SyncClient, keys_for, sync_client
 from service.settings import Settings
 
 DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
@@ -85,7 +87,7 @@ def _py(v: Any) -> Any:
 
 
 def load(
-    client: redis.Redis, log: Log, keys: Keys, cap: int, ttl: int, batch: int, progress: bool
+    client: SyncClient, log: Log, keys: Keys, cap: int, ttl: int, batch: int, progress: bool
 ) -> tuple[int, int]:
     n_users = len(np.unique(log.user))
     written = 0
@@ -125,10 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--cap and --batch must be >= 1")
     t0 = time.perf_counter()
     log = read_log(a.data, a.users)
-    client = redis.Redis.from_url(a.redis_url, socket_timeout=10)
+    try:
+        client, keys = sync_client(a.redis_url), keys_for(a.redis_url, a.key_prefix)
+    except ValueError as e:
+        p.error(f"--redis-url / --key-prefix: {e}")
     try:
         client.ping()
-        n_users, n_records = load(client, log, Keys(a.key_prefix), a.cap, a.ttl, a.batch, not a.no_progress)
+        n_users, n_records = load(client, log, keys, a.cap, a.ttl, a.batch, not a.no_progress)
     except redis.RedisError as e:
         p.exit(1, f"redis at {a.redis_url}: {e}\n")
     finally:

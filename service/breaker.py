@@ -25,6 +25,7 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.opened_at: float | None = None
         self.trial_in_flight = False
+        self._open_group: set[int] = set()  # the ids of the open breakers sharing the gauge
 
     @property
     def state(self) -> State:
@@ -61,6 +62,18 @@ class CircuitBreaker:
             self.opened_at = time.monotonic()
         self._publish()
 
+    def twin(self) -> CircuitBreaker:
+        """A breaker with the same settings and the same gauge, which shows 1 while either is
+        open: the store's writes have their own, so a read that timed out within the scoring path's
+        short budget does not refuse the writes, whose budget is longer."""
+        other = CircuitBreaker(self.threshold, self.reset_seconds, self.metrics)
+        other._open_group = self._open_group
+        return other
+
     def _publish(self) -> None:
+        if self.opened_at is None:
+            self._open_group.discard(id(self))
+        else:
+            self._open_group.add(id(self))
         if self.metrics is not None:
-            self.metrics.breaker_open.set(0 if self.opened_at is None else 1)
+            self.metrics.breaker_open.set(1 if self._open_group else 0)

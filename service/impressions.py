@@ -17,13 +17,14 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from service.keys import encode_feedback
+from service.redis_client import AsyncClient
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,22 @@ class ImpressionLog:
     and ``dropped`` (by ``reason``) count the items of the records."""
 
     def __init__(
-        self, client: aioredis.Redis, key: str, settings: Settings, logged: Counter, dropped: Counter
+        self,
+        client: AsyncClient,
+        streams: Sequence[str],
+        settings: Settings,
+        logged: Counter,
+        dropped: Counter,
     ):
-        self.client, self.key, self.logged, self.dropped = client, key, logged, dropped
+        """``streams``: the stream's keys (``service.keys``); records go to them in turn, so on a
+        cluster every shard, and every master, takes a share."""
+        self.client, self.streams, self.logged, self.dropped = client, streams, logged, dropped
+        self.key = streams[0].rpartition(":")[0] if len(streams) > 1 else streams[0]  # for log lines
+        self._turn = 0
         self.enabled = settings.log_impressions and settings.impression_sample_rate > 0
         self.rate = settings.impression_sample_rate
         self.capacity = settings.impression_buffer
-        self.maxlen = settings.impression_stream_maxlen
+        self.maxlen = max(1, settings.impression_stream_maxlen // len(streams))  # per shard
         self.interval = settings.impression_flush_ms / 1000
         self.buffer: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
@@ -102,7 +112,9 @@ class ImpressionLog:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for record in batch:
-                    pipe.xadd(self.key, {"r": encode_feedback(record)}, maxlen=self.maxlen, approximate=True)
+                    self._turn = (self._turn + 1) % len(self.streams)
+                    stream = self.streams[self._turn]
+                    pipe.xadd(stream, {"r": encode_feedback(record)}, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as e:
             self.dropped.labels(reason="sink_error").inc(items)

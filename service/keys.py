@@ -8,11 +8,13 @@ string "42" is ``…:"42"``, so the two stay different users (the rule of ``serv
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 log = logging.getLogger(__name__)
 
@@ -21,29 +23,72 @@ def user_part(user_id: int | str) -> str:
     return str(user_id) if isinstance(user_id, int) else orjson.dumps(user_id).decode()
 
 
+# A cluster spreads each stream over this many keys, their hash slots evenly spaced, so that every
+# master takes a share of the log's writes. Fixed, so the service and the readers agree by
+# construction.
+STREAM_SHARDS = 16
+
+
+def _shard_tags(n: int) -> tuple[str, ...]:
+    """A hash tag per shard whose slot falls in the shard's 1/n of the 16384 slots."""
+    width = REDIS_CLUSTER_HASH_SLOTS // n
+    tags = []
+    for k in range(n):
+        tags.append(
+            next(t for t in (f"{k}.{j}" for j in range(1_000_000)) if key_slot(t.encode()) // width == k)
+        )
+    return tuple(tags)
+
+
 @dataclass(frozen=True)
 class Keys:
+    """Key names under a prefix. On a Redis Cluster (``cluster``) a user's keys share a hash tag,
+    ``din:hist:{42}`` and ``din:prof:{42}``, so one pipeline reads both from one node; each stream is
+    ``STREAM_SHARDS`` keys, ``din:impressions:{<tag>}``. On one server the names have no braces."""
+
     prefix: str
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cluster and ("{" in self.prefix or "}" in self.prefix):
+            raise ValueError("a key prefix for a Redis Cluster must not contain { or }: it is not a hash tag")
+
+    def _user(self, kind: str, user_id: int | str) -> str:
+        part = user_part(user_id)
+        return f"{self.prefix}{kind}:{{{part}}}" if self.cluster else f"{self.prefix}{kind}:{part}"
 
     def history(self, user_id: int | str) -> str:
         """A list of behaviour records (JSON objects of raw ids), oldest first, capped."""
-        return f"{self.prefix}hist:{user_part(user_id)}"
+        return self._user("hist", user_id)
 
     def profile(self, user_id: int | str) -> str:
         """A hash of profile feature -> raw value as JSON (so 25 and "25" stay distinct)."""
-        return f"{self.prefix}prof:{user_part(user_id)}"
+        return self._user("prof", user_id)
 
-    def impressions(self) -> str:
-        """A stream, one entry per logged /score answer: field ``r``, an impression record."""
-        return f"{self.prefix}impressions"
+    def _streams(self, name: str) -> tuple[str, ...]:
+        if not self.cluster:
+            return (f"{self.prefix}{name}",)
+        return tuple(f"{self.prefix}{name}:{{{tag}}}" for tag in SHARD_TAGS)
 
-    def shadow(self) -> str:
-        """A stream, one entry per answer a shadow canary also scored: field ``r``, a shadow record."""
-        return f"{self.prefix}shadow"
+    def impressions(self) -> tuple[str, ...]:
+        """The stream's keys: one entry per logged /score answer, field ``r``, an impression record."""
+        return self._streams("impressions")
 
-    def clicks(self) -> str:
-        """A stream, one entry per /events event: field ``r``, a click record."""
-        return f"{self.prefix}clicks"
+    def shadow(self) -> tuple[str, ...]:
+        """The stream's keys: one entry per answer a shadow canary also scored, field ``r``, a
+        shadow record."""
+        return self._streams("shadow")
+
+    def clicks(self) -> tuple[str, ...]:
+        """The stream's keys: one entry per /events event, field ``r``, a click record."""
+        return self._streams("clicks")
+
+    def user_shard(self, user_id: int | str) -> int:
+        """The shard of a user's clicks: always the same one, so they stay in order."""
+        return zlib.crc32(user_part(user_id).encode()) % len(SHARD_TAGS) if self.cluster else 0
+
+
+SHARD_TAGS = _shard_tags(STREAM_SHARDS)
 
 
 def encode_value(value: Any) -> bytes:

@@ -8,21 +8,18 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from opentelemetry.trace import TracerProvider
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from service.breaker import CircuitBreaker
 from service.errors import install_error_handlers
 from service.impressions import ImpressionLog
-from service.keys import Keys
 from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
 from service.model_slot import ModelSlot
 from service.openapi import model_openapi
+from service.redis_client import async_client, close, is_cluster, keys_for
 from service.responses import ResponseCounter
 from service.routes import admin, behaviors, ops, score, ui
 from service.settings import Settings
@@ -34,17 +31,9 @@ from service.tracing import instrument, instrument_redis, provider_from_env, shu
 log = logging.getLogger("service")
 
 
-def redis_client(settings: Settings, timeout_ms: float) -> aioredis.Redis:
-    timeout = timeout_ms / 1000
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=64,
-        timeout=timeout,  # waiting for a free connection counts against the same budget
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
-    # No retries on the scoring path: a slow Redis must cost a request one timeout, not several.
-    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+# A cluster write retries through a failover (a replica takes over within the cluster's node
+# timeout); a single server that stopped answering does not come back that fast.
+CLUSTER_WRITE_RETRIES = 6
 
 
 def configure_logging(level: str) -> None:
@@ -70,28 +59,37 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnx")
         models = ModelSlot(settings, executor, metrics)
         await models.start()
-        # Two pools: reads on the scoring path give up fast and degrade; writes may wait longer,
+        # Pools of their own: reads on the scoring path give up fast and degrade; writes may wait longer,
         # since a write that fails is refused (503) and a spurious timeout would refuse it for nothing.
-        client = redis_client(settings, settings.redis_timeout_ms)
-        writer = redis_client(settings, settings.redis_write_timeout_ms)
-        for c in (client, writer):
+        cluster = is_cluster(settings.redis_url)
+        client = async_client(settings.redis_url, settings.redis_timeout_ms / 1000)
+        writer = async_client(
+            settings.redis_url,
+            settings.redis_write_timeout_ms / 1000,
+            CLUSTER_WRITE_RETRIES if cluster else 0,
+        )
+        # The log's own client: it drops what fails instead of retrying (service.impressions).
+        log_client = async_client(settings.redis_url, settings.redis_write_timeout_ms / 1000)
+        keys = keys_for(settings.redis_url, settings.key_prefix)
+        for c in (client, writer, log_client):
             instrument_redis(c, provider)
         app.state.settings, app.state.models = settings, models
         app.state.store = BehaviorStore(
             client,
             writer,
-            Keys(settings.key_prefix),
+            keys,
             settings.history_cap,
             settings.history_ttl_seconds,
             CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds, metrics),
             settings.impression_stream_maxlen,
+            settings.redis_timeout_ms / 1000,
+            settings.redis_write_timeout_ms / 1000,
         )
-        keys = Keys(settings.key_prefix)
         app.state.impressions = impressions = ImpressionLog(
-            writer, keys.impressions(), settings, metrics.impressions_logged, metrics.impressions_dropped
+            log_client, keys.impressions(), settings, metrics.impressions_logged, metrics.impressions_dropped
         )
         shadow_log = ImpressionLog(
-            writer, keys.shadow(), settings, metrics.shadow_logged, metrics.shadow_dropped
+            log_client, keys.shadow(), settings, metrics.shadow_logged, metrics.shadow_dropped
         )
         app.state.shadow = shadow = ShadowScorer(shadow_log, metrics, settings.shadow_max_in_flight)
         for stream in (impressions, shadow_log):
@@ -111,9 +109,8 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
             await models.stop()
             for stream in (impressions, shadow_log):
                 await stream.stop()
-            for c in (client, writer):
-                await c.aclose()
-                await c.connection_pool.disconnect()
+            for c in (client, writer, log_client):
+                await close(c)
             log.info("redis connections closed")
             executor.shutdown(wait=True)
             log.info("onnxruntime threads stopped; shutdown complete")

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.redis_client import check_url, keys_for
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIN_", extra="ignore")
@@ -31,8 +33,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token for `/admin/*` (16+ characters); unset disables them"
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="behaviour store")
-    key_prefix: str = Field("din:", description="prefix of every Redis key")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="behaviour store: one server, or a Redis Cluster as `redis+cluster://host:port[,host:port…]`",
+    )
+    key_prefix: str = Field("din:", description="prefix of every Redis key (no `{` or `}` on a cluster)")
     history_cap: int = Field(100, ge=1, le=10_000, description="behaviours kept per user")
     history_ttl_seconds: int = Field(90 * 24 * 3600, ge=0, description="idle users expire; 0 = never")
     redis_timeout_ms: float = Field(50, gt=0, description="per Redis call on the scoring path (no retries)")
@@ -108,10 +113,16 @@ class Settings(BaseSettings):
     def empty_means_unset(cls, v: object) -> object:
         return None if v == "" else v  # compose passes ${VAR:-} as an empty string
 
+    @field_validator("redis_url")
+    @classmethod
+    def redis_url_is_one(cls, v: str) -> str:
+        return check_url(v)
+
     @model_validator(mode="after")
     def check_combinations(self) -> Settings:
         """Only what the values themselves say; whether a model can be served is the model slot's
         check at start-up (settings do no I/O)."""
+        keys_for(self.redis_url, self.key_prefix)  # a prefix a cluster cannot take
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("DIN_ADMIN_TOKEN must be at least 16 characters")
         return self

@@ -1,15 +1,22 @@
 """The behaviour store: each user's recent behaviours and profile in Redis.
 
 Reads for /score are one pipelined round trip (history + profile) with a short timeout. When Redis
-is slow or down the read returns ``None`` and the caller scores degraded. Every call goes through a
-circuit breaker (``service.breaker``), so while Redis is down requests do not each pay a timeout.
-Writes are atomic per request (MULTI/EXEC) and raise ``StoreUnavailable`` instead of pretending to
-succeed, also at once while the circuit is open.
+is slow or down the read returns ``None`` and the caller scores degraded. Reads and writes each go
+through a circuit breaker (``service.breaker``), so while Redis is down requests do not each pay a
+timeout.
+Writes raise ``StoreUnavailable`` instead of pretending to succeed, also at once while the circuit is
+open. On one server a request's writes are one MULTI/EXEC: all or nothing. On a Redis Cluster a
+transaction cannot span slots, so the users of a request are grouped by slot, each group is its own
+MULTI/EXEC on its node (a user's append is atomic), the groups run concurrently, and the click records
+go first, to their shards: a request that fails part-way may have written some users, never half of
+one, and a click record without its behaviour only repeats a label when the client retries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +24,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -24,6 +33,7 @@ from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.ids import RawId
 from service.keys import Keys, decode_history, decode_value, encode_feedback, encode_profile, encode_value
+from service.redis_client import AsyncClient, Gate
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +47,21 @@ class UserState:
 class BehaviorStore:
     def __init__(
         self,
-        client: aioredis.Redis,
-        writer: aioredis.Redis,
+        client: AsyncClient,
+        writer: AsyncClient,
         keys: Keys,
         cap: int,
         ttl_seconds: int,
         breaker: CircuitBreaker,
         stream_maxlen: int = 1_000_000,
+        read_timeout_seconds: float = 0.05,
+        write_timeout_seconds: float = 1.0,
     ):
         self.client, self.writer, self.keys, self.cap, self.ttl = client, writer, keys, cap, ttl_seconds
-        self.breaker, self.stream_maxlen = breaker, stream_maxlen
+        self.breaker, self.write_breaker = breaker, breaker.twin()
+        self.stream_maxlen = max(1, stream_maxlen // len(keys.clicks()))
+        self.read_timeout, self.write_timeout = read_timeout_seconds, write_timeout_seconds
+        self.read_gate, self.write_gate = Gate(), Gate()
 
     async def read(self, user_id: RawId, limit: int, with_profile: bool = True) -> UserState | None:
         """The user's newest ``limit`` behaviours (at most the cap) and profile, or None when Redis
@@ -54,7 +69,11 @@ class BehaviorStore:
         if not self.breaker.allow():
             return None
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
+            # Both keys share the user's hash slot: one round trip to one node, on a cluster too.
+            async with (
+                self.read_gate.slot(self.read_timeout),
+                self.client.pipeline(transaction=False) as pipe,
+            ):
                 pipe.lrange(self.keys.history(user_id), -min(limit, self.cap), -1)
                 if with_profile:
                     pipe.hgetall(self.keys.profile(user_id))
@@ -75,21 +94,42 @@ class BehaviorStore:
         clicks: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Appends each user's events in order and trims to the cap, and adds the click records to
-        the click stream, all in one transaction."""
-        async with self._write() as pipe:
-            for user_id, events in events_by_user.items():
+        the click stream: one transaction on one server, one per hash slot on a cluster."""
+
+        def append_users(pipe: Pipeline | ClusterPipeline, users: Sequence[RawId]) -> None:
+            for user_id in users:
                 key = self.keys.history(user_id)
-                pipe.rpush(key, *map(encode_value, events))
+                pipe.rpush(key, *map(encode_value, events_by_user[user_id]))
                 pipe.ltrim(key, -self.cap, -1)
                 if self.ttl:
                     pipe.expire(key, self.ttl)
-            for click in clicks:
-                pipe.xadd(
-                    self.keys.clicks(),
-                    {"r": encode_feedback(click)},
-                    maxlen=self.stream_maxlen,
-                    approximate=True,
-                )
+
+        def add_clicks(
+            pipe: Pipeline | ClusterPipeline, stream: str, records: Sequence[Mapping[str, Any]]
+        ) -> None:
+            for click in records:
+                pipe.xadd(stream, {"r": encode_feedback(click)}, maxlen=self.stream_maxlen, approximate=True)
+
+        if not self.keys.cluster:
+            async with self._write() as pipe:
+                append_users(pipe, list(events_by_user))
+                add_clicks(pipe, self.keys.clicks()[0], clicks)
+            return
+        by_stream: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for click in clicks:
+            by_stream[self.keys.clicks()[self.keys.user_shard(click["user_id"])]].append(click)
+        for stream, records in by_stream.items():  # each shard is one slot
+            async with self._write() as pipe:
+                add_clicks(pipe, stream, records)
+        by_slot: dict[int, list[RawId]] = defaultdict(list)
+        for user_id in events_by_user:
+            by_slot[key_slot(self.keys.history(user_id).encode())].append(user_id)
+
+        async def one_slot(users: list[RawId]) -> None:
+            async with self._write() as pipe:
+                append_users(pipe, users)
+
+        await asyncio.gather(*(one_slot(users) for users in by_slot.values()))
 
     async def upsert_profile(self, user_id: RawId, fields: Mapping[str, RawId]) -> None:
         async with self._write() as pipe:
@@ -98,22 +138,26 @@ class BehaviorStore:
                 pipe.expire(self.keys.profile(user_id), self.ttl)
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[Pipeline]:
-        """A MULTI/EXEC pipeline the caller fills; executed on exit. Either all of it is written or
-        StoreUnavailable is raised, also at once while the circuit is open."""
+    async def _write(self) -> AsyncIterator[Pipeline | ClusterPipeline]:
+        """A MULTI/EXEC pipeline the caller fills (on a cluster, with keys of one slot); executed on
+        exit. Either all of it is written or StoreUnavailable is raised,
+        also at once while the circuit is open."""
         unavailable = "the behaviour store is unavailable; nothing was written"
-        if not self.breaker.allow():
+        if not self.write_breaker.allow():
             raise StoreUnavailable(unavailable)
         try:
-            async with self.writer.pipeline(transaction=True) as pipe:
+            async with (
+                self.write_gate.slot(self.write_timeout),
+                self.writer.pipeline(transaction=True) as pipe,
+            ):
                 yield pipe
                 await pipe.execute()
         except (RedisError, OSError) as e:
-            self.breaker.failure()
+            self.write_breaker.failure()
             log.warning("redis write failed: %s", e)
             await _drop_idle_if_gone(self.writer, e)
             raise StoreUnavailable(unavailable) from e
-        self.breaker.success()
+        self.write_breaker.success()
 
     async def ping(self) -> bool:
         try:
@@ -122,11 +166,13 @@ class BehaviorStore:
             return False
 
 
-async def _drop_idle_if_gone(client: aioredis.Redis, error: BaseException) -> None:
+async def _drop_idle_if_gone(client: AsyncClient, error: BaseException) -> None:
     """After a lost connection, closes the pool's idle connections too: they point at the same
     dead server, and the pool's own check does not notice a peer that closed (without
     this, the first requests after Redis came back took stale connections, failed, and reopened
     the circuit for seconds)."""
+    if not isinstance(client, aioredis.Redis):
+        return  # a cluster client reconnects the failed node's connections itself
     lost = isinstance(error, OSError) and not isinstance(error, TimeoutError)  # a timeout is no proof
     if isinstance(error, RedisConnectionError) or lost:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,21 @@ from tests.helpers import REDIS_URL, redis_prefix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts import as modules
 
+from redis_cluster import LocalCluster
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster, 3 masters with a replica each, of local processes on spare ports."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are not installed")
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def served_log(table: pa.Table, out: Path, first_item: int = 0) -> None:
                 "context": {"hour": row["hour"], "weekday": row["weekday"]},
                 "candidates": [{"item_id": item, "category_id": row["category_id"]}], "ctr": [0.5],
             }  # fmt: skip
-            r.xadd(keys.impressions(), {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
+            r.xadd(keys.impressions()[0], {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
             if row["label"]:
                 click = {
                     "user_id": row["user_id"],
@@ -89,6 +89,6 @@ def served_log(table: pa.Table, out: Path, first_item: int = 0) -> None:
                     "at": at + 1,
                     "request_id": f"q{k}",
                 }
-                r.xadd(keys.clicks(), {"r": encode_feedback(click)})
+                r.xadd(keys.clicks()[0], {"r": encode_feedback(click)})
         Exporter(r, keys, out, window_seconds=60).export()
         r.close()

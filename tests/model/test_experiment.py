@@ -53,7 +53,7 @@ def traffic(
 def wait_flushed(prefix: str, answers: int) -> None:
     r = redis.Redis.from_url(REDIS_URL)
     for _ in range(200):
-        if r.xlen(Keys(prefix).impressions()) >= answers:
+        if r.xlen(Keys(prefix).impressions()[0]) >= answers:
             return
         time.sleep(0.05)
     raise AssertionError("the impression log did not flush")

@@ -50,12 +50,12 @@ def answer(r: redis.Redis, keys: Keys, at: float, request_id: str, user, items: 
         "candidates": [{"item_id": i, "category_id": i % 3} for i in items],
         "ctr": [0.5 - k / 100 for k in range(len(items))],
     }  # fmt: skip
-    r.xadd(keys.impressions(), {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
+    r.xadd(keys.impressions()[0], {"r": encode_feedback(record)}, id=f"{int(at * 1000)}-*")
 
 
 def click(r: redis.Redis, keys: Keys, at: float, user, item: int, request_id: str | None = None) -> None:
     record = {"user_id": user, "item_id": item, "ts": int(at), "at": at, "request_id": request_id}
-    r.xadd(keys.clicks(), {"r": encode_feedback(record)})
+    r.xadd(keys.clicks()[0], {"r": encode_feedback(record)})
 
 
 def exported(out: Path) -> list[dict]:
@@ -111,7 +111,7 @@ def test_a_schema_1_answer_from_an_older_service_exports_the_same_rows(streams, 
                   {"rank": 2, "ctr": 0.2, "candidate": {"item_id": 4, "category_id": 1},
                    "propensity": 0.05, "explored": True}],
     }  # fmt: skip
-    r.xadd(keys.impressions(), {"r": json.dumps(record)}, id=f"{int(T0 * 1000)}-*")
+    r.xadd(keys.impressions()[0], {"r": json.dumps(record)}, id=f"{int(T0 * 1000)}-*")
     click(r, keys, T0 + 5, "u", 4, request_id="old")
     Exporter(r, keys, tmp_path, WINDOW).export(now=T0 + 1000)
     got = [(x["item_id"], x["served_ctr"], x["rank"], x["propensity"], x["explored"], x["label"])
@@ -156,7 +156,7 @@ def test_an_exporter_that_stops_between_writing_and_acknowledging_loses_and_dupl
     assert again["impressions"] == (10 if point == "before_commit" else 0)
     got = labels(tmp_path)
     assert len(got) == 10 and sum(got.values()) == 1 and got[("r2", 12)] == 1
-    assert r.xpending(keys.impressions(), "din-export")["pending"] == 0
+    assert r.xpending(keys.impressions()[0], "din-export")["pending"] == 0
 
 
 def test_an_exporter_killed_at_random_points_loses_and_duplicates_nothing(streams, tmp_path):

@@ -42,3 +42,16 @@ def test_a_success_resets_the_failure_count():
     b.success()
     b.failure()
     assert b.state == "closed"
+
+
+def test_twins_break_apart_and_the_gauge_shows_open_while_either_is():
+    metrics = Metrics()
+    reads = CircuitBreaker(failures=1, reset_seconds=60, metrics=metrics)
+    writes = reads.twin()
+    reads.failure()
+    assert not reads.allow() and writes.allow()  # a read timing out does not refuse the writes
+    writes.failure()
+    reads.success()
+    assert "din_redis_breaker_open 1.0" in generate_latest(metrics.registry).decode()
+    writes.success()
+    assert "din_redis_breaker_open 0.0" in generate_latest(metrics.registry).decode()

@@ -127,7 +127,7 @@ def test_shadow_mode_serves_stable_and_logs_the_canarys_own_ctrs(settings, repo,
     with TestClient(create_app(settings)) as c:  # the canary is loaded at start-up too
         body = c.post("/score", json={"user_id": 7, "candidates": CANDIDATES, "top_k": 5}).json()
         assert body["model_version"] == "test-v1"
-        records = wait_for_stream(Keys(settings.key_prefix).shadow(), 1)
+        records = wait_for_stream(Keys(settings.key_prefix).shadow()[0], 1)
     (rec,) = records
     assert (rec["request_id"], rec["model_version"], rec["served_version"]) == (
         body["request_id"],

@@ -25,7 +25,7 @@ def stream(settings: Settings, name: str, want: int = 1, timeout: float = 30) ->
     """The records of one stream, once at least ``want`` are there (the log flushes in the
     background; the timeout only stops a broken flush from hanging the test)."""
     r = redis.Redis.from_url(REDIS_URL)
-    key = getattr(Keys(settings.key_prefix), name)()
+    (key,) = getattr(Keys(settings.key_prefix), name)()
     deadline = time.time() + timeout
     try:
         while True:
@@ -172,5 +172,5 @@ def test_a_full_buffer_drops_and_counts_instead_of_growing(settings):
     records = stream(changed(settings, key_prefix=prefix), "impressions", want=2)
     assert [r["user_id"] for r in records] == [0, 1]
     r = redis.Redis.from_url(REDIS_URL)
-    r.delete(Keys(prefix).impressions())
+    r.delete(Keys(prefix).impressions()[0])
     r.close()
