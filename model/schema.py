@@ -69,6 +69,11 @@ class Vocab:
         keys, counts = keys[keep], counts[keep]
         return cls(keys=keys, counts=np.concatenate([[0, 0], counts]).astype(np.int64))
 
+    @staticmethod
+    def normalised(values: np.ndarray) -> np.ndarray:
+        """Raw ids as ``build`` counts them."""
+        return _normalise(values)
+
     def __len__(self) -> int:
         return len(self.keys) + N_RESERVED
 

@@ -4,7 +4,8 @@
 
 Reads top to bottom: data -> vocabularies -> validation split by user -> epochs with early stopping
 on validation GAUC -> test metrics of the best epoch -> OUT/{ckpt.pt, metrics.json, curves.png}.
-Test is only ever reported; it never picks an epoch or a hyper-parameter.
+Test is only ever reported; it never picks an epoch or a hyper-parameter. Data that does not fit
+in memory: ``--stream``, or ``torchrun --nproc-per-node K -m model.train`` (model.distributed).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.data import Samples, encode, infer_schema, load_tables, split_by_user, vocab_columns
-from model.din import DIN, Checkpoint, DINConfig, build_model, warm_start
+from model.din import DIN, Batch, Checkpoint, DINConfig, build_model, warm_start
+from model.distributed import run_streaming, world_size
 from model.metrics import evaluate
 from model.schema import FeatureSpace
 
@@ -41,8 +44,13 @@ class TrainConfig:
     max_history: int = 100  # most recent behaviours kept per sample
     valid_fraction: float = 0.1  # of train users, held out to pick the epoch
     seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = one per core
+    threads: int = 0  # torch intra-op threads; 0 = one per core (shared by the processes under torchrun)
     progress: bool = True
+    # Streaming (model.distributed): the Parquet train/test of --data read in chunks, never whole.
+    # Always on under torchrun (WORLD_SIZE > 1), which shards the rows over the processes.
+    stream: bool = False
+    shuffle_buffer: int = 100_000  # rows mixed at once when streaming
+    loader_workers: int = 0  # DataLoader worker processes per training process when streaming
 
 
 def predict(model: DIN, samples: Samples, batch_size: int = 8192) -> np.ndarray:
@@ -55,31 +63,38 @@ def predict(model: DIN, samples: Samples, batch_size: int = 8192) -> np.ndarray:
 
 
 def train_epoch(
-    model: DIN, opt: torch.optim.Optimizer, fit: Samples, tc: TrainConfig, rng: np.random.Generator, desc: str
-) -> float:
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batches: Iterable[tuple[Batch, torch.Tensor]],
+    total: int | None,
+    tc: TrainConfig,
+    desc: str,
+    after_first_step: Callable[[], None] | None = None,
+) -> tuple[float, int]:
+    """One pass over ``batches`` (``total`` of them, for the progress bar); the mean training loss
+    and the samples seen. ``model`` may be DistributedDataParallel around a DIN."""
     model.train()
-    total, seen = 0.0, 0
-    bar = tqdm(
-        fit.batches(tc.batch_size, rng),
-        total=-(-len(fit) // tc.batch_size),
-        desc=desc,
-        disable=not tc.progress,
-        mininterval=1.0,
-    )
+    din = cast(DIN, model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model)
+    total_loss, seen = 0.0, 0
+    bar = tqdm(batches, total=total, desc=desc, disable=not tc.progress, mininterval=1.0)
     for batch, label in bar:
         if len(label) < 2:  # a lone leftover sample has no batch statistics (BatchNorm, Dice)
             continue
         loss = F.binary_cross_entropy_with_logits(model(batch), label)
         opt.zero_grad(set_to_none=True)
-        (loss + model.regularization(batch)).backward()
+        (loss + din.regularization(batch)).backward()
         opt.step()
-        total += loss.item() * len(label)
+        if after_first_step is not None and not seen:
+            after_first_step()
+        total_loss += loss.item() * len(label)
         seen += len(label)
-        bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-    return total / max(seen, 1)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+    return total_loss / max(seen, 1), seen
 
 
 def run(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
+    if tc.stream or world_size() > 1:
+        return run_streaming(cfg, tc)
     torch.manual_seed(tc.seed)
     torch.set_num_threads(tc.threads or os.cpu_count() or 1)
     rng = np.random.default_rng(tc.seed)
@@ -118,10 +133,13 @@ def run(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, tc.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, opt, fit, tc, rng, desc=f"epoch {epoch}")
+        batches = fit.batches(tc.batch_size, rng)
+        loss, seen = train_epoch(model, opt, batches, -(-len(fit) // tc.batch_size), tc, f"epoch {epoch}")
         seconds = time.perf_counter() - t0
         metrics = evaluate(valid.user, valid.label, predict(model, valid))
-        history.append({"epoch": epoch, "train_loss": loss, "seconds": seconds, "valid": metrics})
+        history.append(
+            {"epoch": epoch, "train_loss": loss, "seconds": seconds, "samples": seen, "valid": metrics}
+        )
         print(f"epoch {epoch}: loss {loss:.4f}, {seconds:.1f}s, valid " + _fmt(metrics))
         if metrics["gauc"] > best["gauc"]:
             best, best_epoch, best_state = metrics, epoch, copy.deepcopy(model.state_dict())
@@ -138,6 +156,8 @@ def run(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
         "valid": best,
         "best_epoch": best_epoch,
         "epoch_seconds": float(np.mean([h["seconds"] for h in history])),
+        "samples_per_second": float(np.mean([h["samples"] / h["seconds"] for h in history])),
+        "processes": 1,
         "config": {"model": cfg.to_dict(), "train": asdict(tc)},
         "history": history,
     }
@@ -221,6 +241,10 @@ def _validate(p: argparse.ArgumentParser, cfg: DINConfig, tc: TrainConfig) -> No
         p.error("--lr must be > 0 and --reg-lambda >= 0")
     if tc.data != "synthetic" and not Path(tc.data).is_dir():
         p.error(f"--data {tc.data}: no such folder (or use --data synthetic)")
+    if tc.shuffle_buffer < 1 or tc.loader_workers < 0:
+        p.error("--shuffle-buffer must be >= 1 and --loader-workers >= 0")
+    if (tc.stream or world_size() > 1) and tc.data == "synthetic":
+        p.error("streaming reads Parquet: give --data a folder with train and test Parquet")
     if tc.init_from and not (Path(tc.init_from) / "ckpt.pt").is_file():
         p.error(f"--init-from {tc.init_from}: no ckpt.pt there (give a model.train --out folder)")
 

@@ -41,7 +41,9 @@ from load_behaviors import load, read_log
 from model.bundle import load_bundle, session_options
 from model.export import export_bundle
 from model.repository import ModelRepository
+from redis_cluster import LocalCluster
 from service.keys import Keys, decode_history
+from service.redis_client import SyncClient, keys_for, sync_client
 from service.runner import build_feeds, encode_rows
 
 REDIS_URL, PREFIX, L = "redis://127.0.0.1:6379/13", "bench:", 50
@@ -120,7 +122,7 @@ def measure(url: str, pid: int, bodies: list[str], concurrency: int, seconds: in
     return row | {"loop_cpu_ms": (loop1 - loop0) / done * 1e3, "cpu_ms": (all1 - all0) / done * 1e3}
 
 
-def load_users(client: redis.Redis, keys: Keys, data: Path) -> tuple[list[int], list[dict]]:
+def load_users(client: SyncClient, keys: Keys, data: Path) -> tuple[list[int], list[dict]]:
     """Loads the dataset's users (newest L behaviours each) under PREFIX; returns the users with at
     least L behaviours, and the catalog's items (candidates)."""
     log = read_log(str(data), None)
@@ -135,8 +137,8 @@ def clear(client: redis.Redis) -> None:
         client.delete(*stale[k : k + 10_000])
 
 
-def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_floor(client: SyncClient, keys: Keys, users: list[int], runs: int = 2000) -> float:
+    """The median of the read /score makes (history and profile in one pipeline), from a script."""
     times = []
     for k in range(runs):
         u = users[k % len(users)]
@@ -146,7 +148,6 @@ def redis_floor(keys: Keys, users: list[int], runs: int = 2000) -> float:
         pipe.hgetall(keys.profile(u))
         pipe.execute()
         times.append(time.perf_counter() - t0)
-    client.close()
     return statistics.median(times) * 1e3
 
 
@@ -195,6 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         "this script runs; each measured in the same run",
     )
     p.add_argument(
+        "--redis",
+        nargs="+",
+        choices=("single", "cluster"),
+        default=["single"],
+        help="the behaviour store: the Redis at 127.0.0.1:6379, or a local Redis Cluster of 3 masters and "
+        "3 replicas this script starts (scripts/redis_cluster.py); each measured in the same run",
+    )
+    p.add_argument(
         "--max-queue-ms",
         type=float,
         default=0.0,
@@ -221,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     sink = OtlpSink() if set(a.tracing) - {"off"} else None
     keys = Keys(PREFIX)
     client = redis.Redis.from_url(REDIS_URL)
+    cluster = LocalCluster(tmp / "cluster").start() if "cluster" in a.redis else None
+    urls = {"single": REDIS_URL, "cluster": cluster.url if cluster else ""}
     try:
         export_bundle(a.run / "ckpt.pt", tmp / "bundle", version="bench")
         export_baseline(a.run / "ckpt.pt", tmp / "baseline")
@@ -231,9 +242,14 @@ def main(argv: list[str] | None = None) -> None:
 
         sample_hist = decode_history(client.lrange(keys.history(users[0]), 0, -1))
         floors = {
-            "redis_p50_ms": redis_floor(keys, users),
+            "redis_p50_ms": redis_floor(client, keys, users),
             "model_p50_ms": model_floor(tmp / "bundle", sample_hist, rng.sample(items, 200)),
         }
+        if cluster is not None:
+            on_cluster = sync_client(cluster.url)
+            load_users(on_cluster, keys_for(cluster.url, PREFIX), a.data)
+            floors["redis_cluster_p50_ms"] = redis_floor(on_cluster, keys_for(cluster.url, PREFIX), users)
+            on_cluster.close()
         grid = [(200, 1), (200, 16)] if a.quick else [(n, c) for n in (20, 200) for c in (1, 16)]
         bodies = {
             n: [
@@ -248,15 +264,22 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "DIN_LOG_IMPRESSIONS": str(logging == "on").lower(),
                     "DIN_MODELS": str(repo.root),
-                    "DIN_REDIS_URL": REDIS_URL,
+                    "DIN_REDIS_URL": urls[store],
                     "DIN_KEY_PREFIX": PREFIX,
                     "DIN_MICROBATCH_WAIT_MS": str(wait_ms),
                     "DIN_MAX_QUEUE_MS": str(a.max_queue_ms),
                     **tracing_env(tracing, sink),
                 },
                 None,
-                {"build": "service", "microbatch_ms": wait_ms, "logging": logging, "tracing": tracing},
+                {
+                    "build": "service",
+                    "microbatch_ms": wait_ms,
+                    "logging": logging,
+                    "tracing": tracing,
+                    "redis": store,
+                },
             )
+            for store in a.redis
             for wait_ms in a.microbatch_ms
             for logging in a.logging
             for tracing in a.tracing
@@ -301,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         clear(client)
         client.close()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         if sink is not None:
             sink.close()
@@ -310,7 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     md += (
         f"\n\nFloors in the same run: HTTP (GET /healthz) p50 {floors['http_p50_ms']:.2f} ms, "
         f"Redis pipelined read p50 {floors['redis_p50_ms']:.2f} ms, "
-        f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms; "
+        + (
+            f"the same read from the local Redis Cluster p50 {floors['redis_cluster_p50_ms']:.2f} ms, "
+            if "redis_cluster_p50_ms" in floors
+            else ""
+        )
+        + f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms; "
         f"their sum {floors['sum_ms']:.2f} ms. "
         f"{a.workers} uvicorn worker(s), admission control "
         f"{f'at DIN_MAX_QUEUE_MS={a.max_queue_ms:g}' if a.max_queue_ms else 'off'}. "
@@ -335,7 +365,8 @@ def describe(row: dict) -> str:
     if row["build"] == "baseline":
         return "baseline"
     traced = "" if row.get("tracing", "off") == "off" else f", tracing {row['tracing']}"
-    return f"service, micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}{traced}"
+    store = ", Redis Cluster" if row.get("redis") == "cluster" else ""
+    return f"service, micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}{traced}{store}"
 
 
 TRACING = {"off": None, "1%": 0.01, "100%": 1.0}  # the share of requests sampled

@@ -6,19 +6,29 @@
 Each cell is one `python -m model.train` run with default settings except the variant's flags,
 so the table is reproducible command by command. Epochs are picked on validation users; the
 table shows test metrics only. Prints the machine it ran on.
+
+    python scripts/bench_train.py --scale-out --readme docs/benchmarks.md
+
+measures training at scale instead: samples/s in memory, streamed on 1 process and on 2 (torchrun),
+and peak RSS as the data grows 10x (amazon-sports repeated as new users).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from benchutil import machine, replace_readme_block
+from model.stream import CHUNK_ROWS
 
 # name -> flags on top of the defaults (DIN with Dice in the final MLP, PReLU in the activation
 # unit, mini-batch aware regularisation λ = 1.0, raw attention weights). The bases get the same
@@ -87,6 +97,66 @@ def table(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def scaled_copy(source: Path, out: Path, times: int) -> Path:
+    """``source``'s train table repeated ``times`` times, each copy as new users (ids shifted), and
+    its test table, both written in row groups the streaming reader shares out by process."""
+    if (out / "test.parquet").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    train = pq.read_table(source / "train.parquet")
+    shift = pc.max(train["user_id"]).as_py() + 1
+    column = train.schema.get_field_index("user_id")
+    with pq.ParquetWriter(out / "train.parquet.tmp", train.schema) as w:
+        for k in range(times):
+            w.write_table(
+                train.set_column(column, "user_id", pc.add(train["user_id"], k * shift)), CHUNK_ROWS
+            )
+    pq.write_table(
+        pq.read_table(source / "test.parquet"), out / "test.parquet.tmp", row_group_size=CHUNK_ROWS
+    )
+    for split in ("train", "test"):
+        (out / f"{split}.parquet.tmp").rename(out / f"{split}.parquet")
+    return out
+
+
+def measured(cmd: list[str], out: Path) -> tuple[dict, float]:
+    """Runs one training command; its metrics and the peak RSS (MB) of its largest process."""
+    out.mkdir(parents=True, exist_ok=True)
+    print("$", " ".join(cmd), flush=True)
+    with open(out / "train.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"}
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed; see {out / 'train.log'}")
+    return json.loads((out / "metrics.json").read_text()), usage.ru_maxrss / 1024
+
+
+def scale_out(data: Path, out: Path) -> str:
+    """Training samples/s at 1 and 2 processes and peak memory at 1x and 10x the data."""
+    one, ten = scaled_copy(data, out / "data-1x", 1), scaled_copy(data, out / "data-10x", 10)
+    train = [sys.executable, "-m", "model.train", "--epochs", "1", "--no-progress"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "model.train"]
+    runs = [
+        ("in memory (the default), 1 process", one, [*train, "--data", str(one)]),
+        ("streamed, 1 process", one, [*train, "--data", str(one), "--stream"]),
+        ("streamed, 2 processes (torchrun, gloo)", one, [*torchrun, *train[3:], "--data", str(one)]),
+        ("streamed, 1 process", ten, [*train, "--data", str(ten), "--stream"]),
+    ]
+    rows = ["| training | data | samples/s | peak RSS MB | test GAUC |", "|---|---|---|---|---|"]
+    for k, (name, folder, cmd) in enumerate(runs):
+        metrics, rss = measured([*cmd, "--out", str(out / f"run-{k}")], out / f"run-{k}")
+        rows_n = pq.ParquetFile(folder / "train.parquet").metadata.num_rows
+        rows.append(
+            f"| {name} | {folder.name.removeprefix('data-')} ({rows_n:,} train rows) | "
+            f"{metrics['samples_per_second']:,.0f} | {rss:,.0f} | {metrics['test']['gauc']:.4f} |"
+        )
+        print(rows[-1], flush=True)
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
@@ -97,8 +167,21 @@ def main(argv: list[str] | None = None) -> None:
         "--readme", type=Path, help="replace the table between the bench_train markers in this file"
     )
     p.add_argument("--report-only", action="store_true", help="tabulate finished runs, train nothing")
+    p.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="instead: samples/s at 1 and 2 processes, peak RSS at 1x and 10x amazon-sports (1 epoch each)",
+    )
     p.add_argument("extra", nargs="*", help="flags passed to every model.train run (after --)")
     a = p.parse_args(argv)
+    if a.scale_out:
+        started = time.time()
+        md = scale_out(a.data_root / "amazon-sports", a.out / "scale-out")
+        info = f"Machine: {machine()}. Wall time {(time.time() - started) / 60:.0f} min."
+        print(md + "\n" + info)
+        if a.readme:
+            replace_readme_block(a.readme, "bench_scale", f"{md}\n{info}")
+        return
     missing = [d for d in a.datasets if not (a.data_root / d).is_dir()]
     if missing:
         p.error(f"--data-root {a.data_root}: no folder for {missing}")

@@ -32,10 +32,11 @@ def replace_readme_block(readme: Path, name: str, text: str) -> None:
 
 
 def delete_prefix(redis_url: str, prefix: str) -> None:
-    """Removes every key under ``prefix``: what a script that used its own prefix leaves behind."""
-    import redis
+    """Removes every key under ``prefix``: what a script that used its own prefix leaves behind (on a
+    cluster, of every master)."""
+    from service.redis_client import sync_client
 
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     stale = list(client.scan_iter(match=f"{prefix}*", count=10_000))
     for k in range(0, len(stale), 10_000):
         client.delete(*stale[k : k + 10_000])

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="3 days, 150 users, 2 visits; with --experiment: 1 visit a warm-up day, 2 epochs, 100 visits "
-        "a second, at most 6,000 impressions",
+        help="2 days (one retrain), 150 users, 2 visits; with --experiment: 1 visit a warm-up day, 2 epochs, "
+        "100 visits a second, at most 6,000 impressions",
     )
     p.add_argument(
         "--bound", action="store_true", help="print what a ranking from the history alone can reach, and stop"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick and a.experiment:  # enough users for the split to decide a broken canary quickly
         a.visits, a.epochs, a.max_impressions, a.rate = 1, 2, min(a.max_impressions, 6000), 100
     elif a.quick:
-        a.days, a.users, a.visits, a.epochs = 3, 150, 2, 2
+        a.days, a.users, a.visits, a.epochs = 2, 150, 2, 2
     check_world_args(p, a)
     check_experiment_args(p, a)
     if a.days < 1:

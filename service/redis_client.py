@@ -63,12 +63,14 @@ def _seed_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def _credentials(url: str) -> dict[str, Any]:
+def _cluster_options(url: str) -> dict[str, Any]:
+    """TLS and credentials of a cluster URL, as RedisCluster (sync or async) takes them."""
+    options: dict[str, Any] = {"ssl": CLUSTER_SCHEMES[urlsplit(url).scheme] == "rediss"}
     userinfo = urlsplit(url).netloc.rpartition("@")[0]
-    if not userinfo:
-        return {}
-    user, _, password = userinfo.partition(":")
-    return {"username": unquote(user) or None, "password": unquote(password) or None}
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        options |= {"username": unquote(user) or None, "password": unquote(password) or None}
+    return options
 
 
 def keys_for(url: str, prefix: str) -> Keys:
@@ -92,8 +94,7 @@ def async_client(url: str, timeout_seconds: float, retries: int = 0) -> AsyncCli
             startup_nodes=[AsyncClusterNode(h, p) for h, p in _seed_nodes(url)],
             max_connections=MAX_CONNECTIONS,
             retry=retry,
-            ssl=CLUSTER_SCHEMES[urlsplit(url).scheme] == "rediss",
-            **_credentials(url),
+            **_cluster_options(url),
             **kw,
         )
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -115,8 +116,7 @@ def sync_client(url: str, timeout_seconds: float | None = 10) -> SyncClient:
             startup_nodes=[ClusterNode(h, p) for h, p in _seed_nodes(url)],
             socket_timeout=timeout_seconds,
             retry=retry,
-            ssl=CLUSTER_SCHEMES[urlsplit(url).scheme] == "rediss",
-            **_credentials(url),
+            **_cluster_options(url),
         )
     return redis.Redis.from_url(url, socket_timeout=timeout_seconds, retry=retry)
 

@@ -118,18 +118,26 @@ class BehaviorStore:
         by_stream: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for click in clicks:
             by_stream[self.keys.clicks()[self.keys.user_shard(click["user_id"])]].append(click)
-        for stream, records in by_stream.items():  # each shard is one slot
-            async with self._write() as pipe:
-                add_clicks(pipe, stream, records)
         by_slot: dict[int, list[RawId]] = defaultdict(list)
         for user_id in events_by_user:
             by_slot[key_slot(self.keys.history(user_id).encode())].append(user_id)
+
+        async def clicks_to(stream: str, records: list[Mapping[str, Any]]) -> None:
+            async with self._write() as pipe:  # a shard is one slot
+                add_clicks(pipe, stream, records)
 
         async def one_slot(users: list[RawId]) -> None:
             async with self._write() as pipe:
                 append_users(pipe, users)
 
-        await asyncio.gather(*(one_slot(users) for users in by_slot.values()))
+        for writes in ([clicks_to(*kv) for kv in by_stream.items()], [one_slot(u) for u in by_slot.values()]):
+            failed = [
+                r
+                for r in await asyncio.gather(*writes, return_exceptions=True)
+                if isinstance(r, BaseException)
+            ]
+            if failed:
+                raise failed[0]
 
     async def upsert_profile(self, user_id: RawId, fields: Mapping[str, RawId]) -> None:
         async with self._write() as pipe:
@@ -140,9 +148,13 @@ class BehaviorStore:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Pipeline | ClusterPipeline]:
         """A MULTI/EXEC pipeline the caller fills (on a cluster, with keys of one slot); executed on
-        exit. Either all of it is written or StoreUnavailable is raised,
-        also at once while the circuit is open."""
-        unavailable = "the behaviour store is unavailable; nothing was written"
+        exit. Either all of it is written or StoreUnavailable is raised, also at once while the
+        circuit is open."""
+        unavailable = (
+            "the behaviour store is unavailable; each user's events were written whole or not at all"
+            if self.keys.cluster
+            else "the behaviour store is unavailable; nothing was written"
+        )
         if not self.write_breaker.allow():
             raise StoreUnavailable(unavailable)
         try:
@@ -160,7 +172,11 @@ class BehaviorStore:
         self.write_breaker.success()
 
     async def ping(self) -> bool:
+        """Whether Redis answers. On a cluster, any one node: a master failing over makes only its
+        users' reads degrade, not the whole instance unready."""
         try:
+            if isinstance(self.client, aioredis.RedisCluster):
+                return bool(await self.client.ping(target_nodes=aioredis.RedisCluster.RANDOM))
             return bool(await self.client.ping())
         except (RedisError, OSError):
             return False

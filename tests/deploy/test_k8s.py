@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from service.metrics import Metrics
+from service.redis_client import check_url, is_cluster
 from service.routes import ops
 from service.settings import Settings
 from tests.containers.test_container_files import instructions
@@ -56,7 +57,11 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(path):
 
 
 def test_the_kustomization_applies_every_manifest():
-    values = {"prometheus-adapter-values.yaml", "redis-values.yaml", "kustomization.yaml"}  # helm values
+    values = {
+        "prometheus-adapter-values.yaml",
+        "redis-cluster-values.yaml",
+        "kustomization.yaml",
+    }  # helm values
     assert {p.name for p in manifests()} == {p.name for p in K8S.glob("*.yaml")} - values
 
 
@@ -110,9 +115,10 @@ def test_the_trainer_and_the_exporter_run_the_commands_the_images_and_tests_run(
     ).stdout
     for option in (a for a in exporter["command"][4:] if a.startswith("--")):
         assert option in usage, option
-    # Every Redis URL names the chart's Service (redis-values.yaml's fullnameOverride + "-master").
-    redis = yaml.safe_load((K8S / "redis-values.yaml").read_text())["fullnameOverride"] + "-master"
+    # Every Redis URL names the cluster chart's Service (its fullnameOverride), as a cluster.
+    redis = yaml.safe_load((K8S / "redis-cluster-values.yaml").read_text())["fullnameOverride"]
     api = container(objects()[("Deployment", "din-api")])
     urls = [env(api)["DIN_REDIS_URL"], env(trainer)["DIN_REDIS_URL"]]
     urls.append(exporter["command"][exporter["command"].index("--redis-url") + 1])
     assert {urllib.parse.urlparse(u).hostname for u in urls} == {redis}
+    assert all(is_cluster(u) and check_url(u) for u in urls)

@@ -15,7 +15,7 @@ def test_the_quick_simulation_serves_exports_and_redeploys_every_day(tmp_path):
     out = tmp_path / "simulate.json"
     assert main(["--quick", "--json", str(out), "--png", str(tmp_path / "simulate.png")]) == 0
     days = json.loads(out.read_text())["days"]
-    assert [d["day"] for d in days] == [0, 1, 2]
+    assert [d["day"] for d in days] == [0, 1]
     # Each day serves what the previous day's retrain left: the new version, or the old one when
     # the gate refused the retrain (which a noisy machine's training can make happen).
     serving = "day0"
@@ -38,21 +38,20 @@ def test_the_history_bound_grows_with_the_history_and_stays_below_the_oracle():
     assert 0 < bound[1] < bound[40] <= 1
 
 
-def test_quick_experiments_abort_a_broken_canary_and_count_what_the_simulator_saw(tmp_path):
+def test_a_quick_experiment_aborts_a_broken_canary_and_counts_what_the_simulator_saw(tmp_path):
+    """The identical canary's error rate is the benchmark's (20 salts, docs/experiments.md); here
+    one broken canary goes through the whole path: redeploy --canary, live traffic, status --auto."""
     out = tmp_path / "experiments.json"
-    assert main(["--experiment", "broken", "identical", "--quick", "--json", str(out)]) == 0
+    assert main(["--experiment", "broken", "--quick", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    broken, identical = result["runs"]
-    assert (broken["kind"], identical["kind"]) == ("broken", "identical")
+    (broken,) = result["runs"]
     # Shuffled labels rank at random: worse under the ground truth, and the test says so.
-    assert broken["true_lift"] < 0 and broken["decision"] == "abort"
-    for r in result["runs"]:
-        assert r["current_after"] == "stable"  # an abort, or "no difference", leaves the stable alone
-        assert r["looks"] >= 1 and r["canary_impressions_served"] > 0
-        # The experiment's counts, from the service's logs, against the simulator's own: the last
-        # look saw at most what the simulator was served, and most of it.
-        for arm in ("stable", "canary"):
-            seen, served = r[f"{arm}_impressions_at_decision"], r["arms"][arm]["impressions"]
-            assert 0 < seen <= served and seen >= served / 2, (arm, r)
-    assert identical["decision"] in ("no difference", "promote", "abort")
-    assert result["false_decisions"] == int(identical["decision"] != "no difference")
+    assert broken["kind"] == "broken" and broken["true_lift"] < 0 and broken["decision"] == "abort"
+    assert broken["current_after"] == "stable"  # an abort leaves the stable version serving all
+    assert broken["looks"] >= 1 and broken["canary_impressions_served"] > 0
+    # The experiment's counts, from the service's logs, against the simulator's own: the last look
+    # saw at most what the simulator was served, and most of it.
+    for arm in ("stable", "canary"):
+        seen, served = broken[f"{arm}_impressions_at_decision"], broken["arms"][arm]["impressions"]
+        assert 0 < seen <= served and seen >= served / 2, (arm, broken)
+    assert result["false_decisions"] == 0  # no identical canary ran

@@ -312,3 +312,11 @@ def test_a_failover_of_every_master_under_load_answers_every_request_and_loses_n
     print(f"answers {dict(statuses['score'])}, degraded {dict(degraded)}, events {dict(statuses['events'])}")
     assert set(statuses["score"]) == {200} and set(statuses["events"]) == {200}
     assert all(acked[u] and stored[u] == acked[u] for u in users)
+
+
+def test_an_instance_on_a_cluster_is_ready_and_its_readiness_asks_one_node(cluster_settings, redis_cluster):
+    with TestClient(create_app(cluster_settings)) as c:
+        for port in redis_cluster.master_ports():
+            redis_cluster.node(port).config_resetstat()
+        assert c.get("/readyz").status_code == 200
+    assert sum(command_calls(redis_cluster, "ping").values()) <= 1  # replicas are not counted
