@@ -146,10 +146,14 @@ def main() -> None:
     p.add_argument("--masters", type=int, default=3)
     p.add_argument("--replicas", type=int, default=1)
     a = p.parse_args()
-    cluster = LocalCluster(a.dir, a.masters, a.replicas).start()
-    print(cluster.url, flush=True)
+    cluster = LocalCluster(a.dir, a.masters, a.replicas)
+    stop = {signal.SIGINT, signal.SIGTERM}
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        cluster.start()
+        # Blocked only now, so the servers do not inherit the mask; sigwait then takes the signal.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        print(cluster.url, flush=True)
+        signal.sigwait(stop)
     finally:
         cluster.stop()
 

@@ -4,6 +4,7 @@ Reads for /score are one pipelined round trip (history + profile) with a short t
 is slow or down the read returns ``None`` and the caller scores degraded. Reads and writes each go
 through a circuit breaker (``service.breaker``), so while Redis is down requests do not each pay a
 timeout.
+
 Writes raise ``StoreUnavailable`` instead of pretending to succeed, also at once while the circuit is
 open. On one server a request's writes are one MULTI/EXEC: all or nothing. On a Redis Cluster a
 transaction cannot span slots, so the users of a request are grouped by slot, each group is its own
