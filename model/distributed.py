@@ -101,8 +101,6 @@ def run_streaming(cfg: DINConfig, tc: Any) -> dict[str, Any]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if tc.init_from:
-        raise ValueError("--init-from is not supported with streaming training yet")
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // world))
     train_src, test_src = sources(tc.data)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from model.data import Samples, encode, infer_schema, load_tables, split_by_user, vocab_columns
 from model.din import DIN, Batch, Checkpoint, DINConfig, build_model, warm_start
 from model.distributed import run_streaming, world_size
+from model.distributed import sources as streaming_sources
 from model.metrics import evaluate
 from model.schema import FeatureSpace
 
@@ -243,8 +244,13 @@ def _validate(p: argparse.ArgumentParser, cfg: DINConfig, tc: TrainConfig) -> No
         p.error(f"--data {tc.data}: no such folder (or use --data synthetic)")
     if tc.shuffle_buffer < 1 or tc.loader_workers < 0:
         p.error("--shuffle-buffer must be >= 1 and --loader-workers >= 0")
-    if (tc.stream or world_size() > 1) and tc.data == "synthetic":
-        p.error("streaming reads Parquet: give --data a folder with train and test Parquet")
+    if tc.stream or world_size() > 1:
+        if tc.init_from:
+            p.error("--init-from is not supported with streaming (--stream or torchrun) yet")
+        try:
+            streaming_sources(tc.data)
+        except (ValueError, OSError):
+            p.error("streaming reads Parquet: give --data a folder with train and test Parquet")
     if tc.init_from and not (Path(tc.init_from) / "ckpt.pt").is_file():
         p.error(f"--init-from {tc.init_from}: no ckpt.pt there (give a model.train --out folder)")
 

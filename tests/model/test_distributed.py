@@ -54,8 +54,15 @@ def test_two_processes_learn_what_one_does_with_the_same_vocabulary_and_end_with
         np.testing.assert_array_equal(a.vocabs[name].keys, b.vocabs[name].keys)
 
 
-def test_streaming_is_refused_for_data_that_is_not_parquet(capsys):
-    with pytest.raises(SystemExit):
-        main(["--data", "synthetic", "--stream"])
-    assert "--data a folder with train and test Parquet" in capsys.readouterr().err
+def test_streaming_is_refused_for_data_that_is_not_parquet_and_for_a_warm_start(data, tmp_path, capsys):
+    for argv in (
+        ["--data", "synthetic"],
+        ["--data", str(tmp_path)],
+        ["--data", str(data), "--init-from", str(data)],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--stream"])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data a folder with train and test Parquet" in err and "Traceback" not in err
     assert TrainConfig().stream is False  # the in-memory path stays the default
