@@ -72,14 +72,19 @@ class LocalCluster:
         node.close()
 
     def start(self) -> LocalCluster:
-        for port in self.ports:
-            self.start_node(port)
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self.wait_healthy()
+        """Starts the nodes and joins them; if any step fails, stops what it started."""
+        try:
+            for port in self.ports:
+                self.start_node(port)
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def node(self, port: int) -> redis.Redis:
