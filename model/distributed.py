@@ -41,6 +41,7 @@ from model.metrics import evaluate
 from model.stream import (
     ShuffledBatches,
     files,
+    of_users,
     predict_stream,
     read_units,
     schema_of,
@@ -138,12 +139,7 @@ def run_streaming(cfg: DINConfig, tc: Any) -> dict[str, Any]:
         )
 
     def shard_predictions(table_units: list[Any], keep: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        tables = read_units(table_units[rank::world])
-        if keep is not None:
-            tables = (t.filter(pc.is_in(t["user_id"], pa.array(keep))) for t in tables)
+        tables = (of_users(t, keep, keep=True) for t in read_units(table_units[rank::world]))
         return predict_stream(din, tables, space, tc.max_history)
 
     same_vocabulary = len(set(_gather(hashlib.sha256(json.dumps(space.to_dict()).encode()).hexdigest()))) == 1

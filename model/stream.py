@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from model.data import Samples, encode, infer_schema, scalar_column
+from model.data import Samples, encode, infer_schema, vocab_columns
 from model.din import Batch
 from model.schema import FeatureSchema, FeatureSpace, Vocab
 
@@ -109,19 +109,21 @@ def vocab_space(
     leaving out the rows of ``exclude_users`` (the validation users)."""
     counts = {n: _Counts() for n in schema.all_features}
     for table in scan(source):
-        if exclude_users is not None:
-            table = table.filter(pc.invert(pc.is_in(table["user_id"], pa.array(exclude_users))))
-        for n in (*schema.profile, *schema.context):
-            counts[n].add(scalar_column(table, n))
-        for f in schema.behavior:
-            counts[f].add(
-                np.concatenate([table[f].to_numpy(), pc.list_flatten(table[f"hist_{f}"]).to_numpy()])
-            )
+        for n, values in vocab_columns(of_users(table, exclude_users, keep=False), schema).items():
+            counts[n].add(values)
     vocabs = {}
     for n, c in counts.items():
         keys = c.keys if c.keys is not None else np.zeros(0, dtype=np.int64)
         vocabs[n] = Vocab(keys=keys, counts=np.concatenate([[0, 0], c.counts]).astype(np.int64))
     return FeatureSpace(schema, vocabs)
+
+
+def of_users(table: pa.Table, users: np.ndarray | None, keep: bool) -> pa.Table:
+    """The rows of ``users`` (``keep``) or of everyone else; all rows when ``users`` is None."""
+    if users is None:
+        return table
+    mask = pc.is_in(table["user_id"], pa.array(users))
+    return table.filter(mask if keep else pc.invert(mask))
 
 
 def users_of(source: str | Path) -> np.ndarray:
@@ -146,7 +148,6 @@ class ShuffledBatches(IterableDataset):
         world: int = 1,
         buffer_rows: int = 100_000,
         seed: int = 0,
-        keep_users: np.ndarray | None = None,
         drop_users: np.ndarray | None = None,
     ):
         self.source, self.space, self.max_history, self.batch_size = source, space, max_history, batch_size
@@ -156,7 +157,7 @@ class ShuffledBatches(IterableDataset):
             max(buffer_rows, 2 * batch_size),
             seed,
         )
-        self.keep_users, self.drop_users = keep_users, drop_users
+        self.drop_users = drop_users
         self.units = units(source)
         self.epoch = 0
         self.peak_buffered = 0  # the most rows this iterator held at once (in this process)
@@ -174,10 +175,7 @@ class ShuffledBatches(IterableDataset):
         shard, shards = self.shard()
         rng = np.random.default_rng([self.seed, self.epoch, shard])
         for table in read_units(self.units[shard::shards], rng):
-            if self.keep_users is not None:
-                table = table.filter(pc.is_in(table["user_id"], pa.array(self.keep_users)))
-            if self.drop_users is not None:
-                table = table.filter(pc.invert(pc.is_in(table["user_id"], pa.array(self.drop_users))))
+            table = of_users(table, self.drop_users, keep=False)
             if table.num_rows:
                 yield table
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -128,18 +128,25 @@ async def close(client: AsyncClient) -> None:
 
 
 class Gate:
-    """At most MAX_CONNECTIONS calls in flight on a client; more wait (inside the caller's own
-    timeout) instead of failing. A single server's BlockingConnectionPool already waits, so there
-    the gate is never the one that holds a caller back."""
+    """At most ``limit`` calls in flight on a client; more wait (inside the caller's own timeout)
+    instead of failing. ``limit`` None: no gate (a single server's BlockingConnectionPool already
+    waits), and ``slot`` costs the /score path nothing."""
 
-    def __init__(self, limit: int = MAX_CONNECTIONS):
-        self._free = asyncio.Semaphore(limit)
+    def __init__(self, limit: int | None):
+        self._free = asyncio.Semaphore(limit) if limit is not None else None
+
+    def slot(self, timeout_seconds: float) -> AbstractAsyncContextManager[None]:
+        return self._slot(timeout_seconds) if self._free is not None else _OPEN
 
     @asynccontextmanager
-    async def slot(self, timeout_seconds: float) -> AsyncIterator[None]:
+    async def _slot(self, timeout_seconds: float) -> AsyncIterator[None]:
+        assert self._free is not None
         async with asyncio.timeout(timeout_seconds):
             await self._free.acquire()
         try:
             yield
         finally:
             self._free.release()
+
+
+_OPEN: AbstractAsyncContextManager[None] = nullcontext()

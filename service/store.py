@@ -34,7 +34,7 @@ from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.ids import RawId
 from service.keys import Keys, decode_history, decode_value, encode_feedback, encode_profile, encode_value
-from service.redis_client import AsyncClient, Gate
+from service.redis_client import MAX_CONNECTIONS, AsyncClient, Gate
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class BehaviorStore:
         self.breaker, self.write_breaker = breaker, breaker.twin()
         self.stream_maxlen = max(1, stream_maxlen // len(keys.clicks()))
         self.read_timeout, self.write_timeout = read_timeout_seconds, write_timeout_seconds
-        self.read_gate, self.write_gate = Gate(), Gate()
+        limit = MAX_CONNECTIONS if keys.cluster else None  # only the cluster client raises when full
+        self.read_gate, self.write_gate = Gate(limit), Gate(limit)
 
     async def read(self, user_id: RawId, limit: int, with_profile: bool = True) -> UserState | None:
         """The user's newest ``limit`` behaviours (at most the cap) and profile, or None when Redis
