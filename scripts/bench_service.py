@@ -113,13 +113,30 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return read(f"/proc/{pid}/task/{pid}/stat"), read(f"/proc/{pid}/stat")
 
 
-def measure(url: str, pid: int, bodies: list[str], concurrency: int, seconds: int, out: Path) -> dict:
-    """One wrk run, with the server's CPU milliseconds per request (event loop, all threads)."""
+def redis_cpu_seconds(client: SyncClient) -> float:
+    """CPU time (user + system) so far of the Redis server, or of every node of a cluster: what the
+    service's reads and the impression log's writes cost on the other side."""
+    info = client.info("cpu", **({"target_nodes": "all"} if isinstance(client, redis.RedisCluster) else {}))
+    per_node = info.values() if isinstance(client, redis.RedisCluster) else [info]
+    return sum(float(n["used_cpu_user"]) + float(n["used_cpu_sys"]) for n in per_node)
+
+
+def measure(
+    url: str, pid: int, store: SyncClient, bodies: list[str], concurrency: int, seconds: int, out: Path
+) -> dict:
+    """One wrk run, with CPU milliseconds per request: the server's event loop, all its threads,
+    and the Redis server(s) behind it."""
     loop0, all0 = cpu_seconds(pid)
+    redis0 = redis_cpu_seconds(store)
     row = wrk(url, bodies, concurrency, seconds, out)
     loop1, all1 = cpu_seconds(pid)
+    redis1 = redis_cpu_seconds(store)
     done = max(row["requests"], 1)
-    return row | {"loop_cpu_ms": (loop1 - loop0) / done * 1e3, "cpu_ms": (all1 - all0) / done * 1e3}
+    return row | {
+        "loop_cpu_ms": (loop1 - loop0) / done * 1e3,
+        "cpu_ms": (all1 - all0) / done * 1e3,
+        "redis_cpu_ms": (redis1 - redis0) / done * 1e3,
+    }
 
 
 def load_users(client: SyncClient, keys: Keys, data: Path) -> tuple[list[int], list[dict]]:
@@ -216,11 +233,20 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="also measure the straightforward service of scripts/baseline/",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every build this many times, in turn (A, B, A, B, ...): rows report medians, and "
+        "the impression log's cost is the median of each round's on/off pair",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--readme", type=Path, help="replace the --block block of this file")
     p.add_argument("--block", default="bench_service", help="the block --readme replaces")
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
     if shutil.which("wrk") is None:
         p.error("wrk is not installed (apt-get install wrk)")
     if not (a.run / "ckpt.pt").exists() or not a.data.is_dir():
@@ -291,36 +317,49 @@ def main(argv: list[str] | None = None) -> None:
                 "BASELINE_KEY_PREFIX": PREFIX,
             }
             builds.append((baseline_env, BASELINE_COMMAND, {"build": "baseline"}))
-        for extra_env, command, labels in builds:
-            server, url = start_server(os.environ | extra_env, a.workers, command=command)
-            try:
-                if "http_p50_ms" not in floors:
-                    floors["http_p50_ms"] = wrk(url, None, 1, max(3, a.seconds // 3), tmp / "floor.json")[
-                        "p50_ms"
-                    ]
-                    floors["sum_ms"] = floors["http_p50_ms"] + floors["redis_p50_ms"] + floors["model_p50_ms"]
-                    print(f"floors: {floors}", flush=True)
+        stores = {name: sync_client(url) for name, url in urls.items() if url}
+        servers: list[tuple[subprocess.Popen[bytes], str, dict]] = []
+        try:
+            for extra_env, command, labels in builds:  # all up at once: a round runs them back to back
+                server, url = start_server(os.environ | extra_env, a.workers, command=command)
+                servers.append((server, url, labels))
                 for n, c in grid:
-                    out = tmp / f"score-{n}-{c}-{len(rows)}.json"
-                    wrk(url, bodies[n], c, 3, out)  # warm-up
-                    row = {
-                        "n": n,
-                        "l": L,
-                        "concurrency": c,
-                        "workers": a.workers,
-                        **labels,
-                        **measure(url, server.pid, bodies[n], c, a.seconds, out),
-                    }
-                    rows.append(row)
-                    print(
-                        f"{describe(row)} N={n:4d} L={L} c={c:2d}: p50 {row['p50_ms']:.2f} ms  "
-                        f"p95 {row['p95_ms']:.2f}  p99 {row['p99_ms']:.2f}  {row['rps']:.0f} req/s  "
-                        f"CPU/request: event loop {row['loop_cpu_ms']:.2f} ms, all {row['cpu_ms']:.2f} ms  "
-                        f"errors {row['errors']}",
-                        flush=True,
-                    )
-            finally:
+                    wrk(url, bodies[n], c, 3, tmp / "warm-up.json")
+            floors["http_p50_ms"] = wrk(servers[0][1], None, 1, max(3, a.seconds // 3), tmp / "floor.json")[
+                "p50_ms"
+            ]
+            floors["sum_ms"] = floors["http_p50_ms"] + floors["redis_p50_ms"] + floors["model_p50_ms"]
+            print(f"floors: {floors}", flush=True)
+            for round_ in range(a.rounds):
+                # Per point of the grid, every build back to back, in reverse order every other round:
+                # what is compared runs seconds apart, so the machine's drift hits all builds alike.
+                for n, c in grid:
+                    for server, url, labels in servers if round_ % 2 == 0 else servers[::-1]:
+                        store = stores[labels.get("redis", "single")]
+                        out = tmp / f"score-{n}-{c}-{len(rows)}.json"
+                        measured = measure(url, server.pid, store, bodies[n], c, a.seconds, out)
+                        row = {
+                            "n": n,
+                            "l": L,
+                            "concurrency": c,
+                            "workers": a.workers,
+                            "round": round_,
+                            **labels,
+                        }
+                        rows.append(row | measured)
+                        print(
+                            f"round {round_ + 1}/{a.rounds} {describe(row)} N={n:4d} L={L} c={c:2d}: "
+                            f"p50 {measured['p50_ms']:.2f} ms  p95 {measured['p95_ms']:.2f}  "
+                            f"p99 {measured['p99_ms']:.2f}  {measured['rps']:.0f} req/s  CPU/request: "
+                            f"event loop {measured['loop_cpu_ms']:.2f} ms, all {measured['cpu_ms']:.2f} ms, "
+                            f"Redis {measured['redis_cpu_ms']:.2f} ms  errors {measured['errors']}",
+                            flush=True,
+                        )
+        finally:
+            for server, _, _ in servers:
                 stop_server(server)
+            for store_client in stores.values():
+                store_client.close()
     finally:
         clear(client)
         client.close()
@@ -331,7 +370,16 @@ def main(argv: list[str] | None = None) -> None:
             sink.close()
 
     info = machine()
-    md = table(rows, floors)
+    summary = medians(rows)
+    built = [labels for _, _, labels in builds]
+    summary.sort(key=lambda r: (next(i for i, lab in enumerate(built) if lab.items() <= r.items()),
+                                grid.index((r["n"], r["concurrency"]))))  # fmt: skip
+    md = table(summary, floors)
+    if a.rounds > 1:
+        md += (
+            f"\n\nEach row is the median of {a.rounds} rounds; a round measures every build once, in "
+            "turn (the servers all run from the start, idle while another is measured)."
+        )
     md += (
         f"\n\nFloors in the same run: HTTP (GET /healthz) p50 {floors['http_p50_ms']:.2f} ms, "
         f"Redis pipelined read p50 {floors['redis_p50_ms']:.2f} ms, "
@@ -351,12 +399,14 @@ def main(argv: list[str] | None = None) -> None:
             f" Tracing exports OTLP/HTTP in batches (the SDK's defaults) to a sink in this script, on "
             f"the same machine, which took {sink.requests} export requests ({sink.bytes / 1e6:.1f} MB)."
         )
-    md += versus_baseline(rows)
+    md += versus_baseline(summary) + log_cost(rows)
     print("\n" + md)
     if a.json:
-        a.json.write_text(json.dumps({"machine": info, "floors": floors, "rows": rows}, indent=2))
+        a.json.write_text(
+            json.dumps({"machine": info, "floors": floors, "rows": summary, "runs": rows}, indent=2)
+        )
     if a.png:
-        plot(rows, a.png)
+        plot(summary, a.png)
     if a.readme:
         replace_readme_block(a.readme, a.block, md)
 
@@ -415,13 +465,70 @@ class OtlpSink:
 
 def table(rows: list[dict], floors: dict) -> str:
     md = "| build | N | L | concurrency | p50 ms | p50 / floors | p95 ms | p99 ms | requests/s "
-    md += "| event-loop CPU ms/request | errors |\n" + "|---" * 11 + "|\n"
+    md += "| event-loop CPU ms/request | Redis CPU ms/request | errors |\n" + "|---" * 12 + "|\n"
     return md + "\n".join(
         f"| {describe(r)} | {r['n']} | {r['l']} | {r['concurrency']} | {r['p50_ms']:.2f} "
         f"| {r['p50_ms'] / floors['sum_ms']:.1f}× | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} "
-        f"| {r['loop_cpu_ms']:.2f} | {r['errors']} |"
+        f"| {r['loop_cpu_ms']:.2f} | {r['redis_cpu_ms']:.2f} | {r['errors']} |"
         for r in rows
     )
+
+
+METRICS = ("p50_ms", "p95_ms", "p99_ms", "rps", "loop_cpu_ms", "cpu_ms", "redis_cpu_ms")
+
+
+def setup(row: dict) -> tuple:
+    """What a row measured, apart from the round and the figures."""
+    return tuple(
+        (k, v) for k, v in row.items() if k not in METRICS and k not in ("round", "requests", "errors")
+    )
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per setup, in first-seen order: the median of each figure over the rounds, the
+    requests and errors summed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(setup(r), []).append(r)
+    return [
+        dict(key)
+        | {m: statistics.median(r[m] for r in group) for m in METRICS if m in group[0]}
+        | {
+            "requests": sum(r["requests"] for r in group),
+            "errors": sum(r["errors"] for r in group),
+            "rounds": len(group),
+        }
+        for key, group in groups.items()
+    ]
+
+
+def log_cost(rows: list[dict]) -> str:
+    """What the impression log costs: each round's log-on run against the same round's log-off run
+    of the same setup, c = 1 median and c = 16 throughput, as the median and range over rounds.
+    Pairing within a round keeps the machine's drift between rounds out of the ratio."""
+    pairs: dict[tuple, list[tuple[dict, dict]]] = {}
+    by_key = {(setup(r), r["round"]): r for r in rows}
+    for (key, round_), on in by_key.items():
+        if dict(key).get("logging") != "on":
+            continue
+        off_key = tuple((k, "off" if k == "logging" else v) for k, v in key)
+        if (off_key, round_) in by_key:
+            pairs.setdefault(key, []).append((on, by_key[(off_key, round_)]))
+    out = []
+    for key, pair in pairs.items():
+        row = dict(key)
+        figure, change = ("p50_ms", "median") if row["concurrency"] == 1 else ("rps", "throughput")
+        ratios = sorted(on[figure] / off[figure] - 1 for on, off in pair)
+        cpu = [
+            (on["cpu_ms"] + on["redis_cpu_ms"]) - (off["cpu_ms"] + off["redis_cpu_ms"]) for on, off in pair
+        ]
+        spread = f" (rounds: {ratios[0]:+.1%} to {ratios[-1]:+.1%})" if len(ratios) > 1 else ""
+        out.append(
+            f"Impression log on against off, {describe(row).replace(', log on', '')}, N = {row['n']}, "
+            f"c = {row['concurrency']}: {change} {statistics.median(ratios):+.1%}{spread} over {len(pair)} "
+            f"paired round(s); it adds {statistics.median(cpu):.2f} ms of CPU per request (server and Redis)."
+        )
+    return "".join("\n\n" + line for line in out)
 
 
 def versus_baseline(rows: list[dict]) -> str:

@@ -1,12 +1,15 @@
 """The impression log: what /score served, with the features exactly as scored, written to a Redis
 Stream off the request path.
 
-On the request path ``ImpressionLog.log`` only appends a reference to the answer's parts to a
-bounded buffer (no copy, no encoding); a background task encodes and flushes the buffer in
-pipelined batches. A full buffer or a sink that fails drops records and counts the impressions
-(``din_impressions_dropped_total{reason}``): logging never fails or slows an answer. The record
-format lives in ``service.keys`` (``encode_feedback``), so a Kafka sink could replace the stream
-without touching the exporter's reading of it.
+On the request path ``ImpressionLog.log`` only queues a reference to the answer's parts. A loop
+callback encodes what is queued once the answer has been written, so the buffer holds bytes: the
+answers' objects are freed at once (kept alive until a flush, they cost the cyclic collector work
+on every request) and no flush has to encode a whole batch in one stall. A background task writes
+the buffer with one script call per shard and chunk, each entry one XADD: redis-py's pipeline costs
+several times the encoding per command. A full buffer or a sink that fails drops records and
+counts the impressions (``din_impressions_dropped_total{reason}``): logging never fails or slows an
+answer. The record format lives in ``service.keys`` (``encode_feedback``), so a Kafka sink could
+replace the stream without touching the exporter's reading of it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FLUSH_BATCH = 256  # answers per pipelined write
+FLUSH_BATCH = 256  # answers per flush
+CALL_BYTES = 1 << 20  # per script call: Redis runs a script to its end, so one call stays short
+
+# ARGV[1] is the stream's MAXLEN (approximate), then one encoded record per entry.
+APPEND = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[i])
+end
+return #ARGV - 1
+"""
 
 
 class ImpressionLog:
@@ -54,7 +66,9 @@ class ImpressionLog:
         self.capacity = settings.impression_buffer
         self.maxlen = max(1, settings.impression_stream_maxlen // len(streams))  # per shard
         self.interval = settings.impression_flush_ms / 1000
-        self.buffer: deque[dict[str, Any]] = deque()
+        self.buffer: deque[tuple[bytes, int]] = deque()  # (record, items)
+        self._pending: list[dict[str, Any]] = []  # answers not encoded yet
+        self._append = client.register_script(APPEND)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -68,10 +82,21 @@ class ImpressionLog:
     def log(self, record: dict[str, Any]) -> None:
         """One /score answer that ``wants`` chose (its ``candidates`` are the impressions). Never
         blocks, never raises."""
-        if len(self.buffer) >= self.capacity:
+        if len(self.buffer) + len(self._pending) >= self.capacity:
             self.dropped.labels(reason="buffer_full").inc(len(record["candidates"]))
             return
-        self.buffer.append(record)
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._encode)
+        self._pending.append(record)
+
+    def _encode(self) -> None:
+        pending, self._pending = self._pending, []
+        for record in pending:
+            try:
+                self.buffer.append((encode_feedback(record), len(record["candidates"])))
+            except Exception:  # a record that cannot be encoded must not end the log
+                self.dropped.labels(reason="encode_error").inc(len(record["candidates"]))
+                log.exception("%s: a record could not be encoded", self.key)
         if len(self.buffer) >= FLUSH_BATCH:
             self._wake.set()
 
@@ -88,6 +113,7 @@ class ImpressionLog:
         self._stopping = True
         self._wake.set()
         await self._task
+        self._encode()
         while self.buffer:
             await self.flush()
 
@@ -105,17 +131,23 @@ class ImpressionLog:
                     break
 
     async def flush(self) -> None:
+        """Writes up to FLUSH_BATCH buffered records, dealt to the shards in turn, one script call
+        per shard and chunk (the calls of different shards run at once: on a cluster they are on
+        different masters)."""
         batch = [self.buffer.popleft() for _ in range(min(FLUSH_BATCH, len(self.buffer)))]
         if not batch:
             return
-        items = sum(len(r["candidates"]) for r in batch)
+        shards: dict[str, list[tuple[bytes, int]]] = {}
+        for entry in batch:
+            self._turn = (self._turn + 1) % len(self.streams)
+            shards.setdefault(self.streams[self._turn], []).append(entry)
+        await asyncio.gather(*(self._write(stream, chunk) for stream, entries in shards.items()
+                               for chunk in _chunks(entries)))  # fmt: skip
+
+    async def _write(self, stream: str, entries: list[tuple[bytes, int]]) -> None:
+        items = sum(n for _, n in entries)
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for record in batch:
-                    self._turn = (self._turn + 1) % len(self.streams)
-                    stream = self.streams[self._turn]
-                    pipe.xadd(stream, {"r": encode_feedback(record)}, maxlen=self.maxlen, approximate=True)
-                await pipe.execute()
+            await self._append(keys=[stream], args=[self.maxlen, *(raw for raw, _ in entries)])
         except (RedisError, OSError) as e:
             self.dropped.labels(reason="sink_error").inc(items)
             now = time.monotonic()
@@ -124,3 +156,16 @@ class ImpressionLog:
                 log.warning("%s: %d items dropped, the sink failed: %s", self.key, items, e)
             return
         self.logged.inc(items)
+
+
+def _chunks(entries: list[tuple[bytes, int]]) -> list[list[tuple[bytes, int]]]:
+    """Consecutive runs of entries of at most CALL_BYTES each (a larger record goes alone)."""
+    out: list[list[tuple[bytes, int]]] = [[]]
+    size = 0
+    for entry in entries:
+        if out[-1] and size + len(entry[0]) > CALL_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(entry)
+        size += len(entry[0])
+    return out

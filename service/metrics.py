@@ -67,7 +67,7 @@ class Metrics:
         )
         self.impressions_dropped = Counter(
             "din_impressions_dropped",
-            "Impressions not logged: buffer_full or sink_error",
+            "Impressions not logged: buffer_full, sink_error or encode_error",
             ["reason"],
             registry=r,
         )
@@ -115,7 +115,7 @@ class Metrics:
         )
         self.shadow_dropped = Counter(
             "din_shadow_dropped",
-            "Shadow-scored items not logged: buffer_full or sink_error",
+            "Shadow-scored items not logged: buffer_full, sink_error or encode_error",
             ["reason"],
             registry=r,
         )
