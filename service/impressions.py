@@ -3,8 +3,8 @@ Stream off the request path.
 
 On the request path ``ImpressionLog.log`` only queues a reference to the answer's parts. A loop
 callback encodes what is queued once the answer has been written, so the buffer holds bytes: the
-answers' objects are freed at once (kept alive until a flush, they cost the cyclic collector work
-on every request) and no flush has to encode a whole batch in one stall. A background task writes
+answers' objects are freed at once (kept alive until a flush, they made the cyclic collector run
+on about every other request) and no flush has to encode a whole batch in one stall. A background task writes
 the buffer with one script call per shard and chunk, each entry one XADD: redis-py's pipeline costs
 several times the encoding per command. A full buffer or a sink that fails drops records and
 counts the impressions (``din_impressions_dropped_total{reason}``): logging never fails or slows an
@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from service.keys import encode_feedback
 from service.redis_client import AsyncClient
@@ -132,8 +131,8 @@ class ImpressionLog:
 
     async def flush(self) -> None:
         """Writes up to FLUSH_BATCH buffered records, dealt to the shards in turn, one script call
-        per shard and chunk (the calls of different shards run at once: on a cluster they are on
-        different masters)."""
+        per shard and chunk. The calls run one after another: redis-py's asyncio cluster client
+        (8.1) fails most of a batch of concurrent script calls with lost connections."""
         batch = [self.buffer.popleft() for _ in range(min(FLUSH_BATCH, len(self.buffer)))]
         if not batch:
             return
@@ -141,14 +140,15 @@ class ImpressionLog:
         for entry in batch:
             self._turn = (self._turn + 1) % len(self.streams)
             shards.setdefault(self.streams[self._turn], []).append(entry)
-        await asyncio.gather(*(self._write(stream, chunk) for stream, entries in shards.items()
-                               for chunk in _chunks(entries)))  # fmt: skip
+        for stream, entries in shards.items():
+            for chunk in _chunks(entries):
+                await self._write(stream, chunk)
 
     async def _write(self, stream: str, entries: list[tuple[bytes, int]]) -> None:
         items = sum(n for _, n in entries)
-        try:
+        try:  # a script that fails part-way (Redis out of memory) counts its whole chunk as dropped
             await self._append(keys=[stream], args=[self.maxlen, *(raw for raw, _ in entries)])
-        except (RedisError, OSError) as e:
+        except Exception as e:  # RedisError, OSError, or the client's own breakage: never lost uncounted
             self.dropped.labels(reason="sink_error").inc(items)
             now = time.monotonic()
             if now - self._last_warning > 10:  # one line per outage, not one per batch
