@@ -377,8 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     md = table(summary, floors)
     if a.rounds > 1:
         md += (
-            f"\n\nEach row is the median of {a.rounds} rounds; a round measures every build once, in "
-            "turn (the servers all run from the start, idle while another is measured)."
+            f"\n\nEach row is the median of {a.rounds} rounds. A round measures every build at each "
+            "concurrency back to back, in the other order every second round; the servers all run "
+            "from the start, idle while another is measured."
         )
     md += (
         f"\n\nFloors in the same run: HTTP (GET /healthz) p50 {floors['http_p50_ms']:.2f} ms, "

@@ -290,22 +290,30 @@ def test_redeploy_canary_splits_users_on_every_worker_until_experiment_abort(dep
     assert model_answers(deployment.url) == {("test-v1", None)}
 
 
-def test_redeploy_on_served_logs_warm_starts_and_gates_on_the_newest_slice(tmp_path, capsys):
-    """Two days of exported logs: day 1 trains the first version; day 2, with item ids day 1 never
-    had, fine-tunes it (--init-from), and the gate scores both versions on day 2's newest tenth."""
+def test_redeploy_on_served_logs_warm_starts_and_gates_on_the_newest_slice(trained, tmp_path, capsys):
+    """A day of exported logs with item ids the serving run never had: the redeploy fine-tunes that
+    run (--init-from), and the gate scores both versions on the logs' newest tenth."""
     from model.deploy import main as redeploy
     from model.synthetic import SyntheticSpec, generate
     from tests.helpers import served_log
 
+    repo = ModelRepository(tmp_path / "models")
+    repo.set_current(repo.publish(trained[1]))  # test-v1, trained on the synthetic generator
     train, _ = generate(SyntheticSpec(n_users=600, max_history=20))
-    served_log(train, tmp_path / "day1")
-    served_log(train, tmp_path / "day2", first_item=100_000)
-    common = ["--models", str(tmp_path / "models"), "--work", str(tmp_path / "work"), "--nice", "0"]
-    common += ["--max-history", "20", "--epochs", "1", "--gauc-margin", "1"]  # the mechanics, not the verdict
-    assert redeploy([*common, "--version", "d1", "--data", str(tmp_path / "day1")]) == 0
-    capsys.readouterr()
-    init = str(tmp_path / "work" / "d1" / "run")
-    assert redeploy([*common, "--version", "d2", "--data", str(tmp_path / "day2"), "--init-from", init]) == 0
+    served_log(train, tmp_path / "day", first_item=100_000)
+    args = [
+        "--models",
+        str(repo.root),
+        "--work",
+        str(tmp_path / "work"),
+        "--nice",
+        "0",
+        "--max-history",
+        "20",
+    ]
+    args += ["--epochs", "1", "--gauc-margin", "1"]  # the mechanics, not the verdict
+    args += ["--version", "d2", "--data", str(tmp_path / "day"), "--init-from", str(trained[0].parent)]
+    assert redeploy(args) == 0
     out = capsys.readouterr().out
-    assert "newest 420 samples by time" in out and "current -> d2 (was d1)" in out, out
-    assert ModelRepository(tmp_path / "models").current() == "d2"
+    assert "newest 420 samples by time" in out and "current -> d2 (was test-v1)" in out, out
+    assert repo.current() == "d2"
