@@ -6,26 +6,35 @@ The export is only published if onnxruntime's scores equal the torch training gr
 ``--tolerance`` on ragged histories (L = 0 .. max_history), 1 and 1000 candidates, unknown ids,
 and R = 1 and R = 8 requests. The bundle directory appears atomically: it is written next to its
 final path and renamed into place, so a reader never sees half a bundle.
+
+Tracing the serving graph to ONNX takes seconds and depends only on the architecture, so traced
+graphs are kept in ``$DIN_EXPORT_CACHE`` (default ``~/.cache/din-serve/onnx``; empty for none) and
+the next export of the same architecture, a daily retrain's, swaps its weights in. The parity check
+judges the result either way; a cached graph that fails it is traced again.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
+import onnxscript
 import torch
+from onnxscript import ir, optimizer
 
 from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, load_bundle, session_options, sha256
 from model.din import DIN, BaseModel, Batch, Checkpoint, pooling_weights
@@ -123,9 +132,32 @@ def measure_parity(model: DIN, session: ort.InferenceSession, max_history: int) 
     return errors
 
 
-def export_onnx(model: DIN, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    graph = ServingGraph(model).eval()
-    example = random_inputs(model.space, [3, 1], [4, 2], 5, seed=0)
+def default_cache() -> Path | None:
+    """Where traced serving graphs are kept: ``DIN_EXPORT_CACHE`` (empty: nowhere), else the user's
+    cache folder."""
+    if "DIN_EXPORT_CACHE" in os.environ:
+        return Path(os.environ["DIN_EXPORT_CACHE"]) if os.environ["DIN_EXPORT_CACHE"] else None
+    try:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory (a container user without one): no cache
+        return None
+    return home / "din-serve" / "onnx"
+
+
+def graph_key(model: DIN, opset: int) -> str:
+    """What the traced graph depends on: the architecture, the feature fields, the opset and the
+    exporter. Not the weights, nor the vocabulary sizes (the tables are gathered from, whatever
+    their length)."""
+    what = {"model": model.cfg.to_dict(), "schema": model.schema.to_dict(), "kind": type(model).__name__,
+            "opset": opset, "torch": torch.__version__, "onnxscript": onnxscript.__version__}  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def trace(graph: ServingGraph, path: Path, opset: int) -> None:
+    """The serving graph traced to ONNX as is: every initializer one of the graph's own tensors,
+    under its name, nothing folded, so that another model of the same architecture can take it
+    over by swapping them."""
+    example = random_inputs(graph.model.space, [3, 1], [4, 2], 5, seed=0)
     # The exporter narrates and warns about internals users cannot act on; keep the CLI quiet.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -140,7 +172,73 @@ def export_onnx(model: DIN, path: Path, opset: int = DEFAULT_OPSET) -> None:
             opset_version=opset,
             external_data=False,
             dynamo=True,
+            optimize=False,
         )
+
+
+def export_onnx(
+    model: DIN, path: Path, opset: int = DEFAULT_OPSET, cache: Path | None = None, retrace: bool = False
+) -> bool:
+    """Writes the serving graph of ``model`` to ``path``, optimised as torch.onnx would (constant
+    folding, redundancies removed). Tracing takes seconds (the graph's torch.cond branches are
+    traced several times over) and depends only on the architecture, so a traced graph is kept in
+    ``cache`` and a later export of the same architecture swaps its weights in. Returns whether it
+    came from the cache; export_bundle's parity check judges either way, and ``retrace`` replaces
+    a cached graph that failed it."""
+    graph = ServingGraph(model).eval()
+    weights = {name: t.detach().cpu().numpy() for name, t in graph.state_dict().items()}
+    cached = cache / f"{graph_key(model, opset)}.onnx" if cache is not None else None
+    usable = cached is not None and cached.exists() and not retrace
+    onnx_model = load_traced(cached, weights) if cached is not None and usable else None
+    hit = onnx_model is not None
+    if onnx_model is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            trace(graph, Path(tmp) / MODEL_FILE, opset)
+            onnx_model = ir.load(Path(tmp) / MODEL_FILE)
+            if cached is not None:
+                keep(Path(tmp) / MODEL_FILE, cached)
+    optimizer.optimize_ir(onnx_model)
+    ir.save(onnx_model, path)
+    return hit
+
+
+def load_traced(path: Path, weights: dict[str, np.ndarray]) -> ir.Model | None:
+    """The traced graph at ``path`` with ``weights`` in place of its own; None when a tensor it
+    holds is not among them or differs in rank or type (then it is traced again)."""
+    try:
+        onnx_model = ir.load(path)
+    except Exception:  # a damaged cache entry is traced again, not trusted
+        return None
+    for name, value in onnx_model.graph.initializers.items():
+        new = weights.get(name)
+        old = value.const_value
+        if new is None or old is None or new.ndim != len(old.shape) or new.dtype != old.dtype.numpy():
+            return None
+        value.const_value = ir.tensor(new, name=name)
+        value.shape = ir.Shape(new.shape)
+    return onnx_model
+
+
+def keep(traced: Path, cached: Path) -> None:
+    """Stores a traced graph in the cache (written aside and renamed, so a reader never sees half
+    of one); a cache that cannot be written is skipped."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        part = cached.with_suffix(f".{os.getpid()}.part")
+        shutil.copyfile(traced, part)
+        part.replace(cached)
+    except OSError:
+        pass
+
+
+def check_written(model: DIN, folder: Path, max_history: int) -> dict[str, float]:
+    """The parity of the graph just written to ``folder``, which must hold nothing else."""
+    if list(folder.iterdir()) != [folder / MODEL_FILE]:
+        raise RuntimeError(
+            f"the exporter wrote more than {MODEL_FILE}: {sorted(p.name for p in folder.iterdir())}"
+        )
+    session = ort.InferenceSession(str(folder / MODEL_FILE), session_options())
+    return measure_parity(model, session, max_history)
 
 
 def export_bundle(
@@ -149,7 +247,10 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     version: str | None = None,
     tolerance: float = 1e-5,
+    cache: Path | Literal["default"] | None = "default",
 ) -> dict[str, Any]:
+    """``cache``: where traced graphs are kept (``default_cache()`` by default, None for nowhere)."""
+    cache = default_cache() if cache == "default" else cache
     ckpt = Checkpoint.load(str(ckpt_path))
     model = ckpt.build()
     max_history = ckpt.max_history
@@ -158,13 +259,11 @@ def export_bundle(
     bundle.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
     try:
-        export_onnx(model, tmp / MODEL_FILE, opset)
-        if list(tmp.iterdir()) != [tmp / MODEL_FILE]:
-            raise RuntimeError(
-                f"the exporter wrote more than {MODEL_FILE}: {sorted(p.name for p in tmp.iterdir())}"
-            )
-        session = ort.InferenceSession(str(tmp / MODEL_FILE), session_options())
-        parity = measure_parity(model, session, max_history)
+        from_cache = export_onnx(model, tmp / MODEL_FILE, opset, cache)
+        parity = check_written(model, tmp, max_history)
+        if from_cache and max(parity.values()) > tolerance:  # the cached graph did not fit: trace it
+            export_onnx(model, tmp / MODEL_FILE, opset, cache, retrace=True)
+            parity = check_written(model, tmp, max_history)
         if max(parity.values()) > tolerance:
             raise ValueError(f"parity check failed: max abs error {parity} > {tolerance}; bundle not written")
         (tmp / SPACE_FILE).write_text(json.dumps(ckpt.space.to_dict()))

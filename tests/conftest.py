@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scri
 from redis_cluster import LocalCluster
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+EXPORT_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One cache of traced serving graphs for the session's exports, theirs and those of the
+    scripts it runs (model.export), instead of the user's own cache folder."""
+    if "DIN_EXPORT_CACHE" not in os.environ:
+        os.environ["DIN_EXPORT_CACHE"] = tempfile.mkdtemp(prefix="din-export-cache-")
+        config.stash[EXPORT_CACHE] = os.environ["DIN_EXPORT_CACHE"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if EXPORT_CACHE in config.stash:
+        shutil.rmtree(config.stash[EXPORT_CACHE], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

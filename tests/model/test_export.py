@@ -101,3 +101,72 @@ def test_export_refuses_to_overwrite_and_names_a_missing_run(bundle, tmp_path, c
     with pytest.raises(SystemExit) as exc:
         main(["--run", str(bundle.parent / "run"), "--bundle", str(bundle)])
     assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def traced(trained, tmp_path_factory):
+    """The session model's serving graph exported through an empty cache: (cache, its ONNX file,
+    whether it came from the cache)."""
+    from model.din import Checkpoint
+    from model.export import export_onnx
+
+    root = tmp_path_factory.mktemp("traced")
+    hit = export_onnx(Checkpoint.load(str(trained[0])).build(), root / "first.onnx", cache=root / "cache")
+    return root / "cache", root / "first.onnx", hit
+
+
+def test_a_second_export_of_an_architecture_reuses_the_traced_graph_with_its_own_weights(
+    traced, trained_other, tmp_path
+):
+    import onnxruntime as ort
+
+    from model.bundle import session_options
+    from model.din import Checkpoint
+    from model.export import as_feeds, export_onnx, measure_parity, random_inputs
+
+    cache, first_file, first_hit = traced
+    assert first_hit is False and len(list(cache.iterdir())) == 1  # traced, and kept
+    cache = shutil.copytree(cache, tmp_path / "cache")
+    other = Checkpoint.load(str(trained_other.parent / "run" / "ckpt.pt")).build()
+    assert export_onnx(other, tmp_path / "other.onnx", cache=cache) is True  # the graph, other weights
+    sessions = [
+        ort.InferenceSession(str(f), session_options()) for f in (first_file, tmp_path / "other.onnx")
+    ]
+    assert max(measure_parity(other, sessions[1], 20).values()) <= 1e-5
+    x = as_feeds(random_inputs(other.space, [20], [50], 20, seed=7))._asdict()
+    ctr_first, ctr_other = (s.run(["ctr"], x)[0] for s in sessions)
+    assert np.abs(ctr_first - ctr_other).max() > 1e-3  # the weights were swapped in, not kept
+
+
+def test_a_damaged_or_mismatched_cache_entry_is_not_used(traced, trained, tmp_path):
+    from model.din import Checkpoint
+    from model.export import graph_key, load_traced
+    from model.serving import ServingGraph
+
+    model = Checkpoint.load(str(trained[0])).build()
+    (entry,) = shutil.copytree(traced[0], tmp_path / "cache").iterdir()
+    assert entry.name == f"{graph_key(model, 18)}.onnx"
+    weights = {k: t.numpy() for k, t in ServingGraph(model).eval().state_dict().items()}
+    assert load_traced(entry, weights) is not None
+    assert load_traced(entry, {k: v for k, v in weights.items() if k != "mlp.0.weight"}) is None
+    assert load_traced(entry, weights | {"mlp.0.weight": weights["mlp.0.weight"][0]}) is None  # rank
+    entry.write_bytes(b"not onnx")
+    assert load_traced(entry, weights) is None
+
+
+def test_a_cached_graph_that_fits_the_weights_but_scores_wrong_is_traced_again(traced, trained, tmp_path):
+    import onnx
+
+    from model.export import export_bundle
+
+    cache = shutil.copytree(traced[0], tmp_path / "cache")
+    (entry,) = cache.iterdir()
+    wrong = onnx.load(entry)
+    (last,) = [n for n in wrong.graph.node if "ctr" in n.output]
+    last.op_type = {"Sigmoid": "Relu"}.get(last.op_type, "Sigmoid")  # the CTR made wrong
+    onnx.save(wrong, entry)
+
+    manifest = export_bundle(trained[0], tmp_path / "bundle", version="retraced", cache=cache)
+
+    assert max(manifest["parity_max_abs_error"].values()) <= 1e-5
+    assert onnx.load(entry).graph.node != wrong.graph.node  # the wrong entry was replaced
