@@ -23,6 +23,7 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from service.keys import Keys
@@ -30,6 +31,10 @@ from service.keys import Keys
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 MAX_CONNECTIONS = 64  # per client (and per node in a cluster)
+# What a call through redis-py raises when Redis or the connection to it fails: its own errors, the
+# socket's, and, for a transport closed under a call (Redis killed mid-request, uvloop),
+# RuntimeError ("the handler is closed") or AttributeError (a writer already set to None).
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError, AttributeError)
 
 AsyncClient = aioredis.Redis | aioredis.RedisCluster
 SyncClient = redis.Redis | redis.RedisCluster

@@ -28,13 +28,12 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
 from service.ids import RawId
 from service.keys import Keys, decode_history, decode_value, encode_feedback, encode_profile, encode_value
-from service.redis_client import MAX_CONNECTIONS, AsyncClient, Gate
+from service.redis_client import MAX_CONNECTIONS, REDIS_FAILURES, AsyncClient, Gate
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class BehaviorStore:
                 if with_profile:
                     pipe.hgetall(self.keys.profile(user_id))
                 replies = await pipe.execute()
-        except (RedisError, OSError) as e:
+        except REDIS_FAILURES as e:
             self.breaker.failure()
             log.warning("redis read failed (%s); scoring degraded", e)
             await _drop_idle_if_gone(self.client, e)
@@ -166,7 +165,7 @@ class BehaviorStore:
             ):
                 yield pipe
                 await pipe.execute()
-        except (RedisError, OSError) as e:
+        except REDIS_FAILURES as e:
             self.write_breaker.failure()
             log.warning("redis write failed: %s", e)
             await _drop_idle_if_gone(self.writer, e)
@@ -180,7 +179,7 @@ class BehaviorStore:
             if isinstance(self.client, aioredis.RedisCluster):
                 return bool(await self.client.ping(target_nodes=aioredis.RedisCluster.RANDOM))
             return bool(await self.client.ping())
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             return False
 
 
@@ -192,10 +191,10 @@ async def _drop_idle_if_gone(client: AsyncClient, error: BaseException) -> None:
     if not isinstance(client, aioredis.Redis):
         return  # a cluster client reconnects the failed node's connections itself
     lost = isinstance(error, OSError) and not isinstance(error, TimeoutError)  # a timeout is no proof
-    if isinstance(error, RedisConnectionError) or lost:
+    if isinstance(error, RedisConnectionError | RuntimeError | AttributeError) or lost:
         try:
             await client.connection_pool.disconnect(inuse_connections=False)
-        except (RedisError, OSError) as e:
+        except REDIS_FAILURES as e:
             log.warning("closing idle redis connections failed: %s", e)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 import redis
 import redis.asyncio as aioredis
+import uvloop
 
 from service.breaker import CircuitBreaker
+from service.errors import StoreUnavailable
 from service.keys import Keys
 from service.metrics import Metrics
 from service.store import BehaviorStore
@@ -42,3 +45,36 @@ def test_after_the_server_drops_its_connections_one_read_fails_and_the_next_ones
     warm, first_failed, after = asyncio.run(main())
     assert warm == [True, True, True]
     assert first_failed and after == [True, True, True]
+
+
+def test_a_connection_whose_transport_closed_under_it_degrades_a_read_and_refuses_a_write():
+    """On uvloop (as the service runs) a pooled connection whose transport was closed raises
+    RuntimeError, not a RedisError: it must degrade the read and refuse the write with a 503, not
+    escape as a 500."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+
+    async def main() -> tuple[bool, bool]:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        store = BehaviorStore(client, client, Keys(prefix), 50, 0, CircuitBreaker(1, 0.0, Metrics()))
+        await store.append({1: [{"item_id": 5, "category_id": 3}]})
+        assert await store.read(1, 50) is not None
+
+        def close_idle_transports() -> None:
+            for c in list(client.connection_pool._available_connections):
+                assert c._writer is not None
+                c._writer.transport.abort()
+
+        close_idle_transports()
+        await asyncio.sleep(0)
+        degraded = await store.read(1, 50) is None
+        served_again = await store.read(1, 50) is not None
+        close_idle_transports()
+        await asyncio.sleep(0)
+        with pytest.raises(StoreUnavailable):
+            await store.append({1: [{"item_id": 6, "category_id": 3}]})
+        await client.aclose()
+        return degraded, served_again
+
+    assert uvloop.run(main()) == (True, True)
+    with redis.Redis.from_url(REDIS_URL) as r:
+        r.delete(Keys(prefix).history(1))
