@@ -3,6 +3,8 @@
     python scripts/bench_service.py --run runs/bench_train/amazon-sports/DIN_default \\
         --json runs/bench_service.json --png runs/bench_service.png --readme docs/benchmarks.md
     python scripts/bench_service.py --quick     # N = 200 at concurrency 1 and 16 only
+    python scripts/bench_service.py --quick --no-baseline --microbatch-ms 0 --rounds 24 --seconds 2
+                                                # the impression log's cost, in paired rounds
 
 Loads amazon-sports users into Redis (DB 13, prefix ``bench:``; removed afterwards) with their
 newest 50 behaviours, and scores users that have at least 50 (so L = 50) against N random catalog
