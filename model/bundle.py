@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from model.feeds import OUTPUTS, Feeds, signature, smoke
@@ -82,6 +81,8 @@ def load_bundle(path: str | Path, options: ort.SessionOptions | None = None) -> 
             raise BundleError(
                 f"{path}: {name} does not match the sha256 in {MANIFEST_FILE} (corrupt or altered)"
             )
+    import onnx  # the checker only: importing onnx costs a command's start half a second
+
     try:
         onnx.checker.check_model(str(path / MODEL_FILE), full_check=True)
     except Exception as e:  # the checker raises ValidationError, InferenceError or a protobuf DecodeError

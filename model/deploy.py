@@ -26,17 +26,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model.bundle import BundleError, load_bundle, session_options
 from model.canary import Mode
-from model.data import load_tables
-from model.export import export_bundle
-from model.gate import evaluate_bundle, gauc_gate
+from model.cli import DataError, Parser
+from model.config import DINConfig, TrainConfig
+from model.config import parse_args as parse_train_args
 from model.repository import ModelRepository, RepositoryError, check_version_name, new_version_name
-from model.train import TrainConfig
-from model.train import parse_args as parse_train_args
-from model.train import run as train
+from model.schema import FeatureSchema, SchemaFit
+from service.settings import from_env
+
+if TYPE_CHECKING:
+    from model.bundle import Bundle
 
 
 class DeployError(Exception):
@@ -46,7 +47,7 @@ class DeployError(Exception):
 STARTED = time.monotonic()
 # The gate scores whole test sets, usually on the machine that serves: one onnxruntime thread (no
 # spinning thread pool) at the script's low priority leaves the serving cores to the service.
-GATE_SESSION = session_options(1)
+GATE_THREADS = 1
 
 
 def step(n: int | str, message: str) -> None:
@@ -137,27 +138,92 @@ def rollback(repo: ModelRepository, a: argparse.Namespace) -> None:
     roll_out(pointer.version, a, (6, 7))
 
 
-def train_and_export(a: argparse.Namespace, train_argv: list[str]) -> tuple[Path, TrainConfig]:
-    """Steps 1 and 2; with --bundle, the bundle given (the training options still name the test set)."""
+def schema_of(bundle: Path) -> FeatureSchema:
+    """A published or exported bundle's features, from its space.json alone (no model load)."""
+    from model.bundle import SPACE_FILE
+    from model.schema import FeatureSpace
+
+    try:
+        space = json.loads((bundle / SPACE_FILE).read_text())
+        return FeatureSpace.from_dict(space).schema
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DeployError(f"{bundle} is not a readable bundle: {e}") from e
+
+
+def describe_fit(who: str, model: FeatureSchema, data: FeatureSchema, data_name: str) -> str | None:
+    """One line on how ``data`` fits ``model``'s features, or None when it fits exactly."""
+    fit = SchemaFit.of(model, data)
+    if fit.exact:
+        return None
+    parts = []
+    if fit.lacking:
+        parts.append(f"it takes {list(fit.lacking)}, which {data_name} lacks: scored as missing")
+    if fit.ignored:
+        parts.append(f"{data_name} also has {list(fit.ignored)}, which it does not take")
+    return f"{who}: " + "; ".join(parts)
+
+
+def preflight(repo: ModelRepository, a: argparse.Namespace, tc: TrainConfig) -> FeatureSchema:
+    """Before minutes of training: the data is readable, and how its features fit the serving
+    version's is said (the gate scores what the serving version takes and the data lacks as
+    missing, as /score scores a request without it). With --bundle, the bundle's features must all
+    be in the data, or the gate would judge it on features it never sees."""
+    from model.data import peek_schema
+
+    data = peek_schema(tc.data)
+    print(f"      --data {tc.data}: features {_features(data)}")
     if a.bundle is not None:
-        _, tc = parse_train_args([*train_argv, "--no-progress"])
+        version = json.loads((a.bundle / "manifest.json").read_text()).get("version", "")
+        if version in repo.versions():
+            raise DeployError(
+                f"--bundle {a.bundle}: version {version} is already published in {repo.root} (versions are "
+                "immutable); --rollback returns to the previous version, or export the run as a new version"
+            )
+        fit = SchemaFit.of(schema_of(a.bundle), data)
+        if fit.lacking:
+            raise DeployError(
+                f"--bundle {a.bundle} takes {list(fit.lacking)}, which --data {tc.data} lacks: it cannot be "
+                "judged on that data; give --data the data it was trained on (or newer data of its layout)"
+            )
+    serving = repo.current()
+    if serving is not None:
+        line = describe_fit(f"the serving version {serving}", schema_of(repo.path(serving)), data, "--data")
+        print(f"      {line or f'the serving version {serving} takes the same features'}")
+    return data
+
+
+def _features(s: FeatureSchema) -> str:
+    groups = {"profile": s.profile, "behaviour": s.behavior, "context": s.context}
+    return ", ".join(f"{g} {list(names)}" for g, names in groups.items() if names)
+
+
+def train_and_export(a: argparse.Namespace, cfg: DINConfig, tc: TrainConfig) -> Path:
+    """Steps 1 and 2; with --bundle, the bundle given."""
+    if a.bundle is not None:
         step("1-2", f"deploying the exported bundle {a.bundle}; the gate scores {tc.data}'s test set")
-        return a.bundle, tc
-    version = check_version_name(a.version or new_version_name())
-    work = Path(a.work) / version
-    cfg, tc = parse_train_args([*train_argv, "--out", str(work / "run"), "--no-progress"])
-    step(1, f"training {cfg.model} on {tc.data} into {work / 'run'}")
+        return Path(a.bundle)
+    from model.onnx_export import export_bundle
+    from model.train import run as train
+
+    work = Path(tc.out).parent
+    step(1, f"training {cfg.model} on {tc.data} into {tc.out}")
     result = train(cfg, tc)
     print(f"      test GAUC reported by training: {result['test']['gauc']:.4f}")
-    step(2, f"exporting version {version}")
-    export_bundle(work / "run" / "ckpt.pt", work / "bundle", version=version)
-    return work / "bundle", tc
+    step(2, f"exporting version {work.name}")
+    export_bundle(work / "run" / "ckpt.pt", work / "bundle", version=work.name)
+    return work / "bundle"
 
 
-def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) -> str:
-    staged, tc = train_and_export(a, train_argv)
+def deploy(repo: ModelRepository, a: argparse.Namespace, cfg: DINConfig, tc: TrainConfig) -> str:
+    from model.bundle import BundleError, load_bundle, session_options
+    from model.data import load_tables
+    from model.gate import evaluate_bundle, gauc_gate
+
+    preflight(repo, a, tc)
+    staged = train_and_export(a, cfg, tc)
+    gate_session = session_options(GATE_THREADS)
     try:
-        candidate = load_bundle(staged, GATE_SESSION)
+        candidate = load_bundle(staged, gate_session)
     except BundleError as e:
         raise DeployError(f"gate: the new bundle does not load: {e}") from e
     version = candidate.version
@@ -170,11 +236,14 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, train_argv: list[str]) 
     if tables.valid is not None:  # served logs: rows newer than anything either version trained on
         print(f"      the gate scores both versions on the newest {test.num_rows} samples by time")
     serving_version, serving = repo.current(), None
+    serving_bundle: Bundle | None = None
     if serving_version is not None:
         try:
-            serving = evaluate_bundle(load_bundle(repo.path(serving_version), GATE_SESSION), test)
+            serving_bundle = load_bundle(repo.path(serving_version), gate_session)
         except BundleError as e:  # a broken serving version must not block its replacement
             print(f"      the serving version cannot be scored, so nothing to compare against: {e}")
+    if serving_bundle is not None:
+        serving = evaluate_bundle(serving_bundle, test)
     gate = gauc_gate(evaluate_bundle(candidate, test), serving, a.gauc_margin)
     print(f"      {gate.reason}")
     if not gate.passed:
@@ -216,7 +285,7 @@ def start_canary(repo: ModelRepository, version: str, a: argparse.Namespace) -> 
 
 def add_rollout_args(p: argparse.ArgumentParser) -> None:
     """The repository and the instances a pointer flip is rolled out to (redeploy and experiment)."""
-    p.add_argument("--models", default=os.environ.get("DIN_MODELS", "models"), help="model repository")
+    p.add_argument("--models", default=str(from_env("models")), help="model repository (default $DIN_MODELS)")
     p.add_argument(
         "--instance",
         action="append",
@@ -230,8 +299,10 @@ def add_rollout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-timeout", type=float, default=30.0, help="seconds per instance")
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DINConfig, TrainConfig]:
+    """Every option checked, the training ones too, before anything is imported or read: a bad
+    argument is one line in a fraction of a second."""
+    p = Parser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # model.train's --model must not be taken for --models
@@ -245,7 +316,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--salt", help="with --canary: draws the split (default: the version's name)")
     p.add_argument("--version", help="name of the new version (default: UTC time)")
     p.add_argument("--bundle", type=Path, help="deploy this exported bundle instead of training one")
-    p.add_argument("--work", default="runs/redeploy", help="training runs and staged bundles go here")
+    p.add_argument(
+        "--work",
+        default="runs/redeploy",
+        help="each version's training run and bundle go to WORK/<version>/ (its manifest and /model name "
+        "the run as `run`; --init-from serving finds it there)",
+    )
     p.add_argument("--gauc-margin", type=float, default=0.002, help="allowed test GAUC drop vs serving")
     p.add_argument("--parity-tolerance", type=float, default=1e-5, help="max ONNX vs torch error")
     p.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority (0 = keep)")
@@ -263,24 +339,47 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         p.error("--canary starts an experiment; --rollback ends deployments: one at a time")
     if a.keep < 1 or a.verify_probes < 1 or a.gauc_margin < 0:
         p.error("--keep and --verify-probes must be >= 1 and --gauc-margin >= 0")
+    if a.rollback and train_argv:
+        p.error(f"--rollback takes no training options, got {' '.join(train_argv)}")
     a.instance = [u.rstrip("/") for u in a.instance]
-    return a, train_argv
+    if a.bundle is not None:
+        if not (a.bundle / "manifest.json").is_file():
+            p.error(f"--bundle {a.bundle}: no manifest.json there (python -m model.export writes bundles)")
+        if not any(x == "--data" or x.startswith("--data=") for x in train_argv):
+            train_argv = [*train_argv, "--data", _trained_on(p, a.bundle)]
+    try:
+        version = check_version_name(a.version or new_version_name())
+    except RepositoryError as e:
+        p.error(f"--version: {e}")
+    out = Path(a.work).resolve() / version / "run"
+    cfg, tc = parse_train_args([*train_argv, "--out", str(out), "--no-progress"], a.models, p.prog)
+    return a, cfg, tc
+
+
+def _trained_on(p: argparse.ArgumentParser, bundle: Path) -> str:
+    """The --data a bundle was trained on, as its manifest records it, if it is still here."""
+    try:
+        data = json.loads((bundle / "manifest.json").read_text())["training"]["data_arg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        data = None
+    if data is None or (data != "synthetic" and not Path(data).is_dir()):
+        p.error(f"--bundle {bundle}: say which data to gate it on with --data (its manifest names none here)")
+    print(f"      --bundle without --data: the gate scores the data it was trained on, {data}")
+    return str(data)
 
 
 def main(argv: list[str] | None = None) -> int:
-    a, train_argv = parse_args(argv)
+    a, cfg, tc = parse_args(argv)
     if a.nice:
         os.nice(a.nice)  # on a machine it shares with the API, serving keeps the CPU
     repo = ModelRepository(a.models)
     try:
         if a.rollback:
-            if train_argv:
-                raise DeployError(f"--rollback takes no training options, got {train_argv}")
             rollback(repo, a)
             print(f"rolled back to {repo.current()}")
         else:
-            deploy(repo, a, train_argv)
-    except (DeployError, RepositoryError) as e:
+            deploy(repo, a, cfg, tc)
+    except (DeployError, RepositoryError, DataError) as e:
         print(f"redeploy failed: {e}", file=sys.stderr)
         return 1
     return 0

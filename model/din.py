@@ -10,44 +10,14 @@ length rather than the padded one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from model.config import DINConfig
 from model.schema import N_RESERVED, PAD, FeatureSpace
-
-
-@dataclass
-class DINConfig:
-    model: str = "din"  # "din" (attention pooling) or "base" (sum/mean pooling, the paper's BaseModel)
-    embed_dim: int = 32  # per feature; a behaviour is the concat of its F field embeddings
-    attention_hidden: tuple[int, ...] = (16, 8)  # activation unit MLP; 32-16, 64-16: no better, slower
-    mlp_hidden: tuple[int, ...] = (200, 80)  # final MLP, as in the paper
-    input_norm: bool = True  # BatchNorm on the final MLP's input, as the reference code does: a raw
-    # (unnormalised) attention sum grows with the history, and this keeps its scale in check
-    activation: str = "dice"  # "dice" or "prelu", for the final MLP
-    attention_activation: str = "prelu"  # the same for the activation unit; Dice there was no better
-    # on validation and costs more in serving, where it runs once per behaviour-candidate pair
-    attention_softmax: bool = False  # the paper keeps raw weights so interest intensity survives
-    base_pooling: str = "sum"  # BaseModel only: "sum" or "mean"
-    regularization: str = "mba"  # "mba" (mini-batch aware, eq. 6-7), "l2" (full tables) or "none"
-    reg_lambda: float = 1.0  # λ of the chosen regularizer (1.0 beat 0.3 on amazon-sports validation)
-    dice_eps: float = 1e-8  # ε of Dice, as in the paper
-    dice_momentum: float = 0.1  # running-statistics momentum of Dice
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DINConfig:
-        d = dict(d)
-        for k in ("attention_hidden", "mlp_hidden"):
-            d[k] = tuple(d[k])
-        d.setdefault("attention_activation", d.get("activation", "dice"))  # older checkpoints: one for both
-        d.setdefault("input_norm", False)
-        return cls(**d)
 
 
 class Batch(NamedTuple):

@@ -35,12 +35,14 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from model.config import DINConfig, TrainConfig, world_size
 from model.data import split_by_user
-from model.din import Checkpoint, DINConfig, build_model
+from model.din import Checkpoint, build_model
+from model.loop import fmt, save_run, train_epoch
 from model.metrics import evaluate
+from model.sources import sources
 from model.stream import (
     ShuffledBatches,
-    files,
     of_users,
     predict_stream,
     read_units,
@@ -49,26 +51,6 @@ from model.stream import (
     users_of,
     vocab_space,
 )
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def sources(data: str) -> tuple[Path, Path]:
-    """The train and test tables of a streaming run (``train.parquet`` or a ``train/`` folder)."""
-    root = Path(data)
-    found = []
-    for split in ("train", "test"):
-        for candidate in (root / f"{split}.parquet", root / split):
-            if candidate.exists() and files(candidate):
-                found.append(candidate)
-                break
-        else:
-            raise ValueError(
-                f"--data {data}: streaming needs {split}.parquet or a {split}/ folder of Parquet files"
-            )
-    return found[0], found[1]
 
 
 def _gather(value: Any) -> list[Any]:
@@ -94,10 +76,8 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def run_streaming(cfg: DINConfig, tc: Any) -> dict[str, Any]:
+def run_streaming(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
     """``model.train.run`` for streamed data (``tc`` is its TrainConfig)."""
-    from model.train import _fmt, plot_curves, train_epoch
-
     world = world_size()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -180,7 +160,7 @@ def run_streaming(cfg: DINConfig, tc: Any) -> dict[str, Any]:
         if rank == 0:
             print(
                 f"epoch {epoch}: loss {loss:.4f}, {seconds:.1f}s ({seen_all / seconds:.0f} samples/s), valid "
-                + _fmt(metrics),
+                + fmt(metrics),
                 flush=True,
             )
         if metrics["gauc"] > best["gauc"]:
@@ -208,13 +188,9 @@ def run_streaming(cfg: DINConfig, tc: Any) -> dict[str, Any]:
         "history": history,
     }
     if rank == 0:
-        print(f"best epoch {best_epoch}; test " + _fmt(test_metrics))
-        extra = {k: result[k] for k in ("data", "test", "valid", "best_epoch")} | {
-            "max_history": tc.max_history
-        }
-        Checkpoint(cfg, space, din.state_dict(), extra=extra).save(str(out / "ckpt.pt"))
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        plot_curves(history, out / "curves.png", title=f"{cfg.model} on {tc.data} ({world} process(es))")
+        print(f"best epoch {best_epoch}; test " + fmt(test_metrics))
+        title = f"{cfg.model} on {tc.data} ({world} process(es))"
+        save_run(out, Checkpoint(cfg, space, din.state_dict()), tc, result, title)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

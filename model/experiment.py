@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections import defaultdict
@@ -35,6 +34,7 @@ import numpy as np
 import redis
 
 from model.canary import Canary
+from model.cli import Parser
 from model.deploy import DeployError, add_rollout_args, roll_out
 from model.feedback import DEFAULT_WINDOW_SECONDS, attribute, id_key
 from model.metrics import auc, gauc, logloss
@@ -42,6 +42,7 @@ from model.repository import ModelRepository, Pointer, RepositoryError
 from model.sequential import Comparison, SequentialTest, arm_stats
 from service.keys import Keys, decode_feedback
 from service.redis_client import SyncClient, keys_for, sync_client
+from service.settings import from_env
 
 READ_COUNT = 5000
 
@@ -261,7 +262,7 @@ def write_json(path: Path | None, pointer: Pointer, cmp: Comparison, looks: int)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="scripts/experiment.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -269,8 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("command", choices=("status", "promote", "abort"))
     p.add_argument("--auto", action="store_true", help="with status: look every --interval s and decide")
     add_rollout_args(p)  # --models, --instance, --admin-token, --verify-*
-    p.add_argument("--redis-url", default=os.environ.get("DIN_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    p.add_argument("--key-prefix", default=os.environ.get("DIN_KEY_PREFIX", "din:"))
+    p.add_argument("--redis-url", default=from_env("redis_url"), help="default $DIN_REDIS_URL")
+    p.add_argument("--key-prefix", default=from_env("key_prefix"), help="default $DIN_KEY_PREFIX")
     p.add_argument(
         "--alpha", type=float, default=0.05, help="the chance of any wrong decision between equals"
     )
@@ -304,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     repo = ModelRepository(a.models)
     try:
         pointer = repo.pointer()
+        if a.command == "status" and (pointer is None or pointer.canary is None):
+            serving = f"{pointer.version} serves every user" if pointer else "nothing is published"
+            print(f"no experiment is running in {repo.root}: {serving} (redeploy.py --canary P starts one)")
+            return 0
         if pointer is None or pointer.canary is None:
             raise RepositoryError(
                 f"{repo.root}: no canary is running (scripts/redeploy.py --canary P starts one)"

@@ -26,23 +26,25 @@ no impression they could belong to remains unexported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import orjson
 import pyarrow.parquet as pq
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
+from model.cli import Parser
+from model.records import click_problem, impression_problem, typed_tables
 from service.keys import Keys, decode_feedback
 from service.redis_client import SyncClient, keys_for, sync_client
+from service.settings import from_env
 
 GROUP = "din-export"
 CONSUMER = "exporter"
@@ -51,6 +53,31 @@ READ_COUNT = 1000
 BATCH_ANSWERS = 50_000  # answers per committed batch (its files are written at once, in memory)
 FLUSH_SLACK_SECONDS = 60.0  # an impression reaches the stream at most this long after it was served
 DEFAULT_WINDOW_SECONDS = 30 * 60.0
+DEAD_LETTERS_KEPT = 100_000  # entries of the dead-letter stream (approximate); its counts are kept whole
+
+
+@dataclass
+class Summary:
+    """What one export pass did."""
+
+    impressions: int  # sample rows written
+    answers: int  # /score answers they came from
+    waiting: int  # answers still inside the label window
+    set_aside: Counter[str]  # unusable entries by kind, moved to the dead-letter stream
+    nulled: int  # history elements of another type than the rest of their list, written as null
+
+    def describe(self, out: Path, dead_letters: str) -> str:
+        line = (
+            f"exported {self.impressions} impressions of {self.answers} answers to {out}; "
+            f"{self.waiting} answers wait out the label window"
+        )
+        if self.set_aside:
+            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.set_aside.items()))
+            n = self.set_aside.total()
+            line += f"; set aside {n} unusable records ({kinds}) in the stream {dead_letters}"
+        if self.nulled:
+            line += f"; {self.nulled} history ids of another type than the rest of their list are null"
+        return line
 
 
 def id_seconds(entry_id: str) -> float:
@@ -65,6 +92,17 @@ def id_key(entry_id: str) -> tuple[int, int]:
 Entry = tuple[str, str, dict[str, Any]]  # stream key, entry id, record
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """A stream entry the exporter cannot use, and why: it goes to the dead-letter stream."""
+
+    key: str
+    entry_id: str
+    raw: bytes
+    kind: str  # not_json, unknown_schema, bad_record
+    reason: str
+
+
 @dataclass
 class Pending:
     """Stream entries delivered to this consumer and not yet acknowledged: the impressions in time
@@ -72,6 +110,24 @@ class Pending:
 
     impressions: list[Entry] = field(default_factory=list)
     clicks: list[Entry] = field(default_factory=list)
+    unusable: list[Unusable] = field(default_factory=list)
+
+
+def decode_entry(
+    key: str, entry_id: str, fields: dict[bytes, bytes], problem: Callable[[dict[str, Any]], str | None]
+) -> dict[str, Any] | Unusable:
+    """An entry's record, checked by ``problem``; or why it cannot be used."""
+    raw = fields.get(b"r", b"")
+    try:
+        record = decode_feedback(raw)
+    except orjson.JSONDecodeError:
+        return Unusable(key, entry_id, raw, "not_json", "the record is not JSON")
+    except ValueError as e:
+        return Unusable(key, entry_id, raw, "unknown_schema", str(e))
+    except (KeyError, TypeError, AttributeError) as e:  # a schema 1 record whose items are malformed
+        return Unusable(key, entry_id, raw, "bad_record", f"malformed items: {e!r}")
+    reason = problem(record)
+    return record if reason is None else Unusable(key, entry_id, raw, "bad_record", reason)
 
 
 def _order(entry: Entry) -> tuple[int, str, int]:
@@ -85,8 +141,10 @@ class Exporter:
     ):
         self.r, self.out, self.window, self.batch = client, out, window_seconds, batch
         self.imp_keys, self.click_keys = keys.impressions(), keys.clicks()
+        self.dead_letters, self.dead_letter_counts = keys.dead_letters(), keys.dead_letter_counts()
         self.trimmed = 0
         out.mkdir(parents=True, exist_ok=True)
+        (out / COMMITS).touch()  # an export folder from the start: training on it says it is empty
         for key in (*self.imp_keys, *self.click_keys):
             try:
                 self.r.xgroup_create(key, GROUP, id="0", mkstream=True)
@@ -115,12 +173,31 @@ class Exporter:
     def read_all(self) -> Pending:
         p = Pending()
         for start in ("0", ">"):
-            for key in self.imp_keys:
-                p.impressions += [(key, i, decode_feedback(f[b"r"])) for i, f in self._read(key, start)]
-            for key in self.click_keys:
-                p.clicks += [(key, i, decode_feedback(f[b"r"])) for i, f in self._read(key, start)]
+            for keys, into, problem in (
+                (self.imp_keys, p.impressions, impression_problem),
+                (self.click_keys, p.clicks, click_problem),
+            ):
+                for key in keys:
+                    for i, f in self._read(key, start):
+                        record = decode_entry(key, i, f, problem)
+                        if isinstance(record, Unusable):
+                            p.unusable.append(record)
+                        else:
+                            into.append((key, i, record))
         p.impressions.sort(key=_order)
         return p
+
+    def set_aside(self, unusable: list[Unusable]) -> Counter[str]:
+        """Each unusable entry to the dead-letter stream with its reason, counted by kind, then
+        acknowledged: one odd record never stops the export, and none is lost without a trace."""
+        kinds: Counter[str] = Counter()
+        for u in unusable:
+            fields = {"stream": u.key, "id": u.entry_id, "kind": u.kind, "reason": u.reason, "r": u.raw}
+            self.r.xadd(self.dead_letters, fields, maxlen=DEAD_LETTERS_KEPT, approximate=True)  # type: ignore[arg-type]
+            self.r.hincrby(self.dead_letter_counts, u.kind, 1)
+            self.r.xack(u.key, GROUP, u.entry_id)
+            kinds[u.kind] += 1
+        return kinds
 
     def ack(self, entries: list[Entry]) -> None:
         by_key: dict[str, list[str]] = defaultdict(list)
@@ -145,12 +222,13 @@ class Exporter:
             if f.relative_to(self.out).as_posix() not in committed:
                 f.unlink()
 
-    def export(self, now: float | None = None) -> dict[str, int]:
+    def export(self, now: float | None = None) -> Summary:
         """One pass: everything ripe is written and acknowledged. Returns counts."""
         now = time.time() if now is None else now
         self.clean_uncommitted()
         mark = self.watermark()
         pending = self.read_all()
+        set_aside = self.set_aside(pending.unusable)
 
         def exported(entry: Entry) -> bool:
             return id_key(entry[1]) <= id_key(mark[entry[0]])
@@ -162,13 +240,14 @@ class Exporter:
         answers = [(entry_id, rec) for _, entry_id, rec in todo]
         clicked = attribute(answers, [(i, c) for _, i, c in pending.clicks], self.window)
         reused: set[tuple[Any, str]] = set()
-        exported_rows = 0
+        exported_rows = nulled = 0
         for s in range(0, n_ripe, self.batch):
             e = min(s + self.batch, n_ripe)
             rows = sample_rows(answers, s, e, clicked, reused)
             for key, entry_id, _ in todo[s:e]:
                 mark[key] = entry_id
-            files = self.write(rows, f"{len(read_commits(self.out)):06d}-{todo[e - 1][1]}")
+            files, n = self.write(rows, f"{len(read_commits(self.out)):06d}-{todo[e - 1][1]}")
+            nulled += n
             self.commit(mark, files, len(rows))
             self.ack(todo[s:e])
             exported_rows += len(rows)
@@ -177,25 +256,35 @@ class Exporter:
         left = [id_seconds(entry_id) for _, entry_id, _ in todo[n_ripe:]]
         horizon = (min(left) if left else now - self.window) - FLUSH_SLACK_SECONDS
         self.ack([c for c in pending.clicks if c[2]["at"] < horizon])
-        return {"impressions": exported_rows, "answers": n_ripe, "waiting": len(todo) - n_ripe}
+        return Summary(exported_rows, n_ripe, len(todo) - n_ripe, set_aside, nulled)
 
-    def write(self, rows: list[dict[str, Any]], name: str) -> list[str]:
+    def write(self, rows: list[dict[str, Any]], name: str) -> tuple[list[str], int]:
+        """The rows as Parquet, a folder per hour; the file names, and the history elements of
+        another type than their list's that were written as null (``model.records``)."""
         by_hour: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_hour[time.strftime("%Y-%m-%dT%H", time.gmtime(row["ts"]))].append(row)
-        names = []
+        names, nulled = [], 0
         for hour, hour_rows in sorted(by_hour.items()):
-            # Not "hour=…": readers would take it for a hive partition and add an "hour" column.
-            path = f"{hour}/part-{name}.parquet"
-            final = self.out / path
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.name}.tmp")
-            pq.write_table(pa.Table.from_pylist(hour_rows), tmp)
-            _fsync(tmp)
-            os.replace(tmp, final)
-            _fsync(final.parent)
-            names.append(path)
-        return names
+            tables, n = typed_tables(hour_rows)
+            nulled += n
+            for k, table in enumerate(tables):
+                # Not "hour=…": readers would take it for a hive partition and add an "hour" column.
+                path = f"{hour}/part-{name}{f'-{k}' if k else ''}.parquet"
+                final = self.out / path
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = final.with_name(f".{final.name}.tmp")
+                pq.write_table(table, tmp)
+                _fsync(tmp)
+                os.replace(tmp, final)
+                _fsync(final.parent)
+                names.append(path)
+        return names, nulled
+
+    def written_to(self) -> bool:
+        """Whether the service ever wrote an impression under these keys (a wrong prefix or
+        database exports nothing, which the command says)."""
+        return any(self.r.xinfo_stream(key).get("entries-added", 0) for key in self.imp_keys)
 
     def commit(self, last: dict[str, str], files: list[str], rows: int) -> None:
         line = json.dumps({"last": last, "files": files, "rows": rows, "at": time.time()})
@@ -260,12 +349,13 @@ def sample_rows(
             reused.add(key)
             rows.append(
                 {
-                    "label": int((a, j) in clicked),
-                    "user_id": rec["user_id"],
                     **{f: cand.get(f) for f in fields},
                     **hist,
                     **rec["profile"],
                     **rec["context"],
+                    # after the features, so no feature name can overwrite how it was served
+                    "label": int((a, j) in clicked),
+                    "user_id": rec["user_id"],
                     "ts": rec["ts"],
                     "request_id": rec["request_id"],
                     "model_version": rec["model_version"],
@@ -292,13 +382,23 @@ def _fsync(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.feedback", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m model.feedback", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="impressions and clicks -> labelled Parquet samples")
-    e.add_argument("--redis-url", required=True)
+    e.add_argument(
+        "--redis-url", default=from_env("redis_url"), help="default $DIN_REDIS_URL, as the service"
+    )
     e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--key-prefix", default="din:", help="the service's DIN_KEY_PREFIX")
-    e.add_argument("--label-window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS)
+    e.add_argument(
+        "--key-prefix", default=from_env("key_prefix"), help="default $DIN_KEY_PREFIX, as the service"
+    )
+    e.add_argument(
+        "--label-window-seconds",
+        type=float,
+        default=DEFAULT_WINDOW_SECONDS,
+        help="an impression is written once this much older than now, so its clicks can arrive first "
+        "(0: label it with the clicks already in)",
+    )
     e.add_argument("--batch", type=int, default=BATCH_ANSWERS, help="answers per committed batch")
     e.add_argument("--follow", action="store_true", help="keep exporting every --every seconds")
     e.add_argument("--every", type=float, default=60.0)
@@ -311,17 +411,23 @@ def main(argv: list[str] | None = None) -> int:
         client, keys = sync_client(a.redis_url), keys_for(a.redis_url, a.key_prefix)
     except ValueError as e:
         p.error(f"--redis-url / --key-prefix: {e}")
-    exporter = Exporter(client, keys, a.out, a.label_window_seconds, a.batch)
-    while True:
-        counts = exporter.export()
-        print(
-            f"exported {counts['impressions']} impressions of {counts['answers']} answers to {a.out}; "
-            f"{counts['waiting']} answers wait out the label window",
-            flush=True,
-        )
-        if not a.follow:
-            return 0
-        time.sleep(a.every)
+    try:
+        exporter = Exporter(client, keys, a.out, a.label_window_seconds, a.batch)
+        while True:
+            summary = exporter.export()
+            print(summary.describe(a.out, keys.dead_letters()), flush=True)
+            if not summary.answers and not summary.waiting and not exporter.written_to():
+                print(
+                    f"no /score answer was ever logged under the prefix {a.key_prefix!r} at {a.redis_url}: "
+                    "is that where the service writes (DIN_REDIS_URL, DIN_KEY_PREFIX)?",
+                    file=sys.stderr,
+                )
+            if not a.follow:
+                return 0
+            time.sleep(a.every)
+    except (RedisError, OSError) as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

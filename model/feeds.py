@@ -45,6 +45,7 @@ SHAPES: dict[str, tuple[str, ...]] = {
 }
 INPUTS: tuple[str, ...] = Inputs._fields
 OUTPUTS = ("ctr", "attention")
+DEFAULT_OPSET = 18  # the ONNX opset the serving graph is exported with
 DYNAMIC = ("R", "N", "L")
 
 

@@ -14,6 +14,8 @@ Input folder: ``interactions.csv.gz`` (user_id,item_id,timestamp[,rating]), ``it
 
 from __future__ import annotations
 
+import csv
+import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,23 @@ IGNORED_PROFILE_COLUMNS = ("user_id", "zip_code")  # identifiers, not profile fe
 
 def is_raw_log_dir(directory: Path) -> bool:
     return all((directory / f).exists() for f in LOG_FILES)
+
+
+def sample_columns(directory: Path) -> list[str]:
+    """The columns ``build_samples`` gives this log, from the files' header lines alone."""
+    log = header(directory / "interactions.csv.gz")
+    columns = ["user_id", "item_id", "category_id", "label", "hist_item_id", "hist_category_id"]
+    if "rating" in log:
+        columns += ["hour", "weekday", "timestamp"]
+    users = directory / "users.csv.gz"
+    if users.exists():
+        columns += [c for c in header(users) if c not in IGNORED_PROFILE_COLUMNS]
+    return columns
+
+
+def header(path: Path) -> list[str]:
+    with gzip.open(path, "rt") as f:
+        return next(csv.reader(f), [])
 
 
 def build_samples(

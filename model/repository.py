@@ -111,6 +111,23 @@ class ModelRepository:
             )
         return self.path(version)
 
+    def serving_run(self) -> Path:
+        """The training run (a ``model.train --out`` folder) of the version ``current`` names, as
+        its manifest records it (``run``; older bundles name only their ``checkpoint``)."""
+        bundle = self.current_path()
+        try:
+            manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+            recorded = manifest.get("run") or str(Path(manifest["checkpoint"]).parent)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise RepositoryError(f"{bundle}: its manifest names no training run: {e}") from e
+        run = Path(recorded)
+        if not (run / "ckpt.pt").is_file():
+            raise RepositoryError(
+                f"version {bundle.name} was trained in {run}, which holds no ckpt.pt on this machine; "
+                "give --init-from a run folder, or train without it"
+            )
+        return run
+
     def publish(self, bundle: Path) -> str:
         """Copies a bundle folder in as the version its manifest names; visible only once complete."""
         version = bundle_version(bundle)

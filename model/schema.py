@@ -24,6 +24,10 @@ N_RESERVED = 2
 # id of a log, so unless training saw it often enough to learn it, it maps to OOV.
 MISSING_INT = np.iinfo(np.int64).min
 MISSING_STR = "\x00"
+# The context features the sample layout knows, with the values they take (the UTC hour, the UTC
+# weekday with Monday 0): training reads these columns as context, and /score refuses an integer
+# outside its range instead of scoring it as an unknown id.
+CONTEXT_RANGES: dict[str, tuple[int, int]] = {"hour": (0, 23), "weekday": (0, 6)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,29 @@ class FeatureSchema:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
         return cls(tuple(d.get("profile", ())), tuple(d["behavior"]), tuple(d.get("context", ())))
+
+
+@dataclass(frozen=True)
+class SchemaFit:
+    """How the features of some data fit a model's: what the model takes that the data lacks (it is
+    scored as missing there) and what the data has that the model does not take (ignored)."""
+
+    lacking: tuple[str, ...]
+    ignored: tuple[str, ...]
+    lacking_behavior: tuple[str, ...]  # of ``lacking``: behaviour fields, every history's too
+
+    @classmethod
+    def of(cls, model: FeatureSchema, data: FeatureSchema) -> SchemaFit:
+        have, want = set(data.all_features), set(model.all_features)
+        return cls(
+            tuple(n for n in model.all_features if n not in have),
+            tuple(n for n in data.all_features if n not in want),
+            tuple(n for n in model.behavior if n not in data.behavior),
+        )
+
+    @property
+    def exact(self) -> bool:
+        return not self.lacking and not self.ignored
 
 
 @dataclass

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -30,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from model.data import Samples, encode, infer_schema, vocab_columns
 from model.din import Batch
 from model.schema import FeatureSchema, FeatureSpace, Vocab
+from model.sources import files
 
 CHUNK_ROWS = 16_384
 
@@ -39,11 +39,6 @@ class Unit:
     path: str
     row_group: int
     chunk: int  # the chunk-th CHUNK_ROWS rows of the row group
-
-
-def files(source: str | Path) -> list[str]:
-    """The Parquet files of a file or a folder, in a fixed order."""
-    return sorted(f.path for f in ds.dataset(str(source), format="parquet").get_fragments())
 
 
 def units(source: str | Path) -> list[Unit]:

@@ -26,7 +26,7 @@ import uvloop
 from bench_service import PREFIX, REDIS_URL, L, clear, load_users
 from benchutil import machine
 from liveserver import ROOT
-from model.export import export_bundle
+from model.onnx_export import export_bundle
 from model.repository import ModelRepository
 from service.keys import Keys
 from service.main import create_app

@@ -31,10 +31,11 @@ import torch
 from baseline.export import export_tiled
 from benchutil import machine, replace_readme_block
 from model.bundle import session_options
-from model.din import DIN, Batch, Checkpoint, DINConfig
-from model.export import as_feeds, export_onnx, random_inputs, tile
+from model.config import DINConfig, TrainConfig
+from model.din import DIN, Batch, Checkpoint
+from model.onnx_export import as_feeds, export_onnx, random_inputs, tile
 from model.serving import ServingInputs
-from model.train import TrainConfig, run
+from model.train import run
 from service.settings import Settings
 
 # The serving graph runs as the service runs it: this many onnxruntime threads per run (at most the

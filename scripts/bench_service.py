@@ -41,7 +41,7 @@ from benchutil import machine, replace_readme_block
 from liveserver import ROOT, start_server, stop_server
 from load_behaviors import load, read_log
 from model.bundle import load_bundle, session_options
-from model.export import export_bundle
+from model.onnx_export import export_bundle
 from model.repository import ModelRepository
 from redis_cluster import LocalCluster
 from service.keys import Keys, decode_history

@@ -19,10 +19,10 @@ from benchutil import machine
 from liveserver import free_port, start_server, stop_server
 from load_behaviors import load, read_log
 from loadgen import closed_loop, post, run_load
-from model.din import DINConfig
-from model.export import export_bundle
+from model.config import DINConfig, TrainConfig
+from model.onnx_export import export_bundle
 from model.repository import ModelRepository
-from model.train import TrainConfig, run
+from model.train import run
 from service.keys import Keys
 
 N_CANDIDATES, HISTORY, PREFIX = 200, 50, "rel:"

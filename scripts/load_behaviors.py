@@ -26,9 +26,7 @@ from tqdm import tqdm
 from model.logs import IGNORED_PROFILE_COLUMNS, is_raw_log_dir, lookup, read_time_ordered
 from service.keys import Keys, encode_profile, encode_value
 from service.redis_client import SyncClient, keys_for, sync_client
-from service.settings import Settings
-
-DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
+from service.settings import from_env
 
 
 @dataclass
@@ -116,10 +114,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--users", type=int, help="load only the first N users")
-    p.add_argument("--redis-url", default=DEFAULTS["redis_url"])
-    p.add_argument("--key-prefix", default=DEFAULTS["key_prefix"])
-    p.add_argument("--cap", type=int, default=DEFAULTS["history_cap"], help="behaviours kept per user")
-    p.add_argument("--ttl", type=int, default=DEFAULTS["history_ttl_seconds"], help="seconds; 0 = no expiry")
+    p.add_argument("--redis-url", default=from_env("redis_url"), help="default $DIN_REDIS_URL")
+    p.add_argument("--key-prefix", default=from_env("key_prefix"), help="default $DIN_KEY_PREFIX")
+    p.add_argument(
+        "--cap",
+        type=int,
+        default=int(from_env("history_cap")),
+        help="behaviours kept per user ($DIN_HISTORY_CAP)",
+    )
+    p.add_argument(
+        "--ttl",
+        type=int,
+        default=int(from_env("history_ttl_seconds")),
+        help="seconds; 0 = no expiry ($DIN_HISTORY_TTL_SECONDS)",
+    )
     p.add_argument("--batch", type=int, default=500, help="users per pipeline round trip")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -140,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         client.close()
     label = " (SYNTHETIC)" if a.data == "synthetic" else ""
     seconds = time.perf_counter() - t0
-    print(f"loaded {n_records} behaviours of {n_users} users{label} into {a.redis_url} in {seconds:.1f}s")
+    print(
+        f"loaded {n_records} behaviours of {n_users} users{label} into {a.redis_url} under the key prefix "
+        f"{a.key_prefix!r} in {seconds:.1f}s"
+    )
 
 
 if __name__ == "__main__":

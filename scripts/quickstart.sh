@@ -5,7 +5,10 @@
 #            have no authentication, to every network the machine is on)
 #   PORT     port (default 8000)
 #   WORKERS  server processes (default 2)
-#   REDIS_URL / DIN_REDIS_URL, DIN_MODELS, and every other DIN_* setting (README, Configuration)
+#   DIN_REDIS_URL (or REDIS_URL)  where the service, and the demo behaviours, live
+#            (default redis://127.0.0.1:6379/0: database 0; .../3 for database 3)
+#   DEMO_BEHAVIORS=0  do not load the demo behaviours
+#   DIN_MODELS, DIN_KEY_PREFIX and every other DIN_* setting (README, Configuration)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOST="${HOST:-127.0.0.1}"
@@ -53,8 +56,12 @@ then
   fi
 fi
 
-echo "== loading SYNTHETIC demo behaviours into $DIN_REDIS_URL"
-$PY scripts/load_behaviors.py --data synthetic --redis-url "$DIN_REDIS_URL" --no-progress
+if [ "${DEMO_BEHAVIORS:-1}" != 0 ]; then
+  echo "== loading SYNTHETIC demo behaviours (4,000 users) into $DIN_REDIS_URL under the key prefix" \
+    "${DIN_KEY_PREFIX:-din:}; DIN_REDIS_URL=redis://host:port/N picks another server or database," \
+    "DEMO_BEHAVIORS=0 skips this"
+  $PY scripts/load_behaviors.py --data synthetic --redis-url "$DIN_REDIS_URL" --no-progress
+fi
 
 cat <<MSG
 == serving on http://$HOST:$PORT (docs: /docs), $WORKERS workers. Try:

@@ -19,7 +19,7 @@ import redis
 from harness import ADMIN_TOKEN, HISTORY, PREFIX, Service, Suite, fmt, host_of, rss_mb
 from liveserver import ROOT
 from loadgen import Answer, Run, _Connection, open_loop, pct, post, run_load
-from model.export import export_bundle
+from model.onnx_export import export_bundle
 from rawfuzz import run_raw_fuzz
 from service.keys import Keys, decode_history
 

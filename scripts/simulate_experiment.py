@@ -39,7 +39,7 @@ import pyarrow as pa
 from liveserver import ROOT
 from model.canary import Canary
 from model.data import FEEDBACK_COMMITS, read_feedback
-from model.export import export_bundle
+from model.onnx_export import export_bundle
 from model.repository import ModelRepository
 from simworld import USER_BASE, Stack, Visit, run_cmd, visit
 

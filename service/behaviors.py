@@ -52,6 +52,8 @@ async def append_events(
 
 
 async def upsert_profile(req: ProfileRequest, runner: ModelRunner, store: BehaviorStore) -> None:
+    """The features this model takes are checked against it; the others are stored as they are,
+    like the extra fields of an event: the store holds raw ids for whichever version reads them."""
     space = runner.bundle.space
     check_known(space, req.profile, space.schema.profile, ("body", "profile"))
     await store.upsert_profile(req.user_id, req.profile)

@@ -83,6 +83,15 @@ class Keys:
         """The stream's keys: one entry per /events event, field ``r``, a click record."""
         return self._streams("clicks")
 
+    def dead_letters(self) -> str:
+        """A stream of the feedback records the exporter could not use, each with its reason:
+        fields ``stream`` and ``id`` (where it was), ``kind``, ``reason`` and ``r`` (the record)."""
+        return f"{self.prefix}deadletters"
+
+    def dead_letter_counts(self) -> str:
+        """A hash: kind -> how many records the exporter set aside (the stream itself is capped)."""
+        return f"{self.prefix}deadletters:counts"
+
     def user_shard(self, user_id: int | str) -> int:
         """The shard of a user's clicks: always the same one, so they stay in order."""
         return zlib.crc32(user_part(user_id).encode()) % len(SHARD_TAGS) if self.cluster else 0

@@ -12,11 +12,23 @@ import os
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.errors import DeadlineExceeded
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by ``python -m service`` (service.__main__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class _Fixed(Collector):
+    """A registry's worth of one metric family made for one scrape."""
+
+    def __init__(self, family: Metric):
+        self.family = family
+
+    def collect(self) -> list[Metric]:
+        return [self.family]
 
 
 @dataclass
@@ -137,13 +149,25 @@ class Metrics:
         if isinstance(error, DeadlineExceeded):
             self.rejected.labels(reason="deadline").inc()
 
-    def scrape(self) -> bytes:
-        """The text exposition: this app's registry, or every worker's files in multiprocess mode."""
+    def scrape(self, dead_letters: dict[str, int] | None = None) -> bytes:
+        """The text exposition: this app's registry, or every worker's files in multiprocess mode;
+        with the exporter's counts of records it set aside, read from Redis for this scrape."""
         if MULTIPROC_DIR_ENV not in os.environ:
-            return generate_latest(self.registry)
-        combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined)
-        return generate_latest(combined)
+            text = generate_latest(self.registry)
+        else:
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined)
+            text = generate_latest(combined)
+        if dead_letters is None:
+            return text
+        family = CounterMetricFamily(
+            "din_feedback_dead_letters",
+            "Served records the feedback export could not use and set aside in the dead-letter stream",
+            labels=["kind"],
+        )
+        for kind, n in sorted(dead_letters.items()):
+            family.add_metric([kind], n)
+        return text + generate_latest(_Fixed(family))
 
     def process_exited(self) -> None:
         """Drops this worker's live gauges, so a stopped worker no longer counts."""

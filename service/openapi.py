@@ -16,13 +16,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from model.schema import FeatureSpace
+from model.schema import CONTEXT_RANGES, FeatureSpace
 from service.ids import ANY_ID_SCHEMA, INT_ID_SCHEMA, INT_MAX, INT_MIN, STR_ID_SCHEMA
 from service.settings import Settings
 
 
 def feature_schema(space: FeatureSpace, name: str) -> dict[str, Any]:
-    return dict(STR_ID_SCHEMA if space.vocabs[name].is_string else INT_ID_SCHEMA)
+    if space.vocabs[name].is_string:
+        return dict(STR_ID_SCHEMA)
+    if name in space.schema.context and name in CONTEXT_RANGES:
+        lo, hi = CONTEXT_RANGES[name]
+        return INT_ID_SCHEMA | {"minimum": lo, "maximum": hi}
+    return dict(INT_ID_SCHEMA)
 
 
 def features_object(
@@ -48,10 +53,11 @@ def narrow(paths: dict[str, Any], space: FeatureSpace, settings: Settings) -> No
 
     score = body("/score")["properties"]
     score["candidates"] = {"type": "array", "items": behavior, "maxItems": settings.max_candidates}
+    # Keys this model does not take are accepted and listed in the answer's "ignored", so a
+    # client keeps working across versions with other features.
     for key, group in (("context", s.context), ("user", s.profile)):
-        score[key] = {"anyOf": [features_object(space, group, required=False), {"type": "null"}]} | {
-            "description": score[key].get("description", "")
-        }
+        taken = features_object(space, group, required=False, additionalProperties=ANY_ID_SCHEMA)
+        score[key] = {"anyOf": [taken, {"type": "null"}]} | {"description": score[key].get("description", "")}
 
     events = body("/events")
     event = features_object(space, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
@@ -67,7 +73,9 @@ def narrow(paths: dict[str, Any], space: FeatureSpace, settings: Settings) -> No
     events.pop("$defs")
 
     profile = body("/profile")["properties"]
-    profile["profile"] = features_object(space, s.profile, required=False, minProperties=1)
+    profile["profile"] = features_object(
+        space, s.profile, required=False, minProperties=1, additionalProperties=ANY_ID_SCHEMA
+    )
 
 
 def exact_bounds(node: Any) -> None:

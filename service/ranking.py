@@ -23,10 +23,11 @@ from service.store import BehaviorStore
 
 def candidate_rows(
     req: ScoreRequest, runner: ModelRunner, settings: Settings
-) -> tuple[list[dict[str, Any]], np.ndarray]:
+) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
     """The candidates and their index rows [N, F], checked and encoded in one pass over each of the
     model's ad fields (a few hundred candidates are a hot path), before anything is read; exact
-    duplicates are scored and returned once."""
+    duplicates are scored and returned once. Also the profile and context keys sent that this
+    model does not take (``user.<key>``, ``context.<key>``): ignored, and said in the answer."""
     space, candidates = runner.bundle.space, req.candidates
     if len(candidates) > settings.max_candidates:
         raise InvalidInput(
@@ -36,10 +37,13 @@ def candidate_rows(
     columns = [[c.get(name) for c in candidates] for name in space.schema.behavior]
     for name, column in zip(space.schema.behavior, columns, strict=True):
         check_column(space, name, column, ("body", "candidates"))
+    ignored = []
     if req.context is not None:
-        check_known(space, req.context, space.schema.context, ("body", "context"))
+        ignored += [
+            f"context.{k}" for k in check_known(space, req.context, space.schema.context, ("body", "context"))
+        ]
     if req.user is not None:
-        check_known(space, req.user, space.schema.profile, ("body", "user"))
+        ignored += [f"user.{k}" for k in check_known(space, req.user, space.schema.profile, ("body", "user"))]
     encoded = np.stack(
         [encode_column(space, n, c) for n, c in zip(space.schema.behavior, columns, strict=True)], 1
     )
@@ -47,9 +51,9 @@ def candidate_rows(
     for i, key in enumerate(zip(*columns, strict=True)):
         first.setdefault(key, i)
     if len(first) == len(candidates):
-        return candidates, encoded
+        return candidates, encoded, ignored
     keep = list(first.values())
-    return [candidates[i] for i in keep], encoded[keep]
+    return [candidates[i] for i in keep], encoded[keep], ignored
 
 
 async def score(
@@ -73,7 +77,7 @@ async def score(
     if not span.is_recording():
         tracer = None
     with tracer.start_as_current_span("din.encode_candidates") if tracer else nullcontext():
-        rows, encoded = candidate_rows(req, runner, settings)
+        rows, encoded, ignored = candidate_rows(req, runner, settings)
     schema = runner.bundle.space.schema
     if deadline is not None:
         deadline.check("reading the user")
@@ -97,6 +101,8 @@ async def score(
         "user_id": req.user_id,
         "degraded": state is None,
     }
+    if ignored:
+        body["ignored"] = ignored
     metrics.scored.labels(version=runner.version).inc()
     if tracer:
         span.set_attributes({"din.model_version": runner.version, "din.candidates": len(rows),

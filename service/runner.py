@@ -23,7 +23,7 @@ from opentelemetry.trace import Tracer
 
 from model.bundle import Bundle
 from model.feeds import Feeds, Inputs, one_request
-from model.schema import MISSING_INT, MISSING_STR, PAD, FeatureSpace
+from model.schema import CONTEXT_RANGES, MISSING_INT, MISSING_STR, PAD, FeatureSpace
 from service.batcher import MicroBatcher, RunFn
 from service.deadline import Deadline
 from service.errors import InvalidInput
@@ -60,12 +60,20 @@ def check_column(space: FeatureSpace, name: str, column: Sequence[Any], loc: tup
 
 def check_known(
     space: FeatureSpace, values: Mapping[str, Any], names: Sequence[str], loc: tuple[str | int, ...]
-) -> None:
-    """Every key must be one of ``names`` (e.g. a profile feature of this model)."""
+) -> list[str]:
+    """Checks the keys that are among ``names`` (this model's profile or context features); returns
+    the others. They are not an error: a client written for another version of the model keeps
+    working when the model behind the endpoint changes, and learns what this one left out."""
+    ignored = []
     for key, value in values.items():
         if key not in names:
-            raise InvalidInput(f"unknown feature; this model takes {list(names)}", (*loc, key))
+            ignored.append(key)
+            continue
         _check_type(space, key, value, (*loc, key))
+        bounds = CONTEXT_RANGES.get(key) if key in space.schema.context else None
+        if bounds is not None and isinstance(value, int) and not bounds[0] <= value <= bounds[1]:
+            raise InvalidInput(f"{key} must be from {bounds[0]} to {bounds[1]}", (*loc, key))
+    return ignored
 
 
 def _check_type(space: FeatureSpace, name: str, value: Any, loc: tuple[str | int, ...]) -> None:

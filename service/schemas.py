@@ -87,12 +87,41 @@ class ScoredItem(BaseModel):
     influence: list[float] | None = Field(None, description="with explain: per behaviour of history")
 
 
+# An answer of the quickstart's model, so /docs shows real values instead of ones generated from
+# the id schema's bounds.
+SCORE_EXAMPLE: dict[str, Any] = {
+    "request_id": "7298c732756eab06494b3fbcfe82592d",
+    "model_version": "20261207-220817",
+    "user_id": 1,
+    "degraded": False,
+    "history_length": 2,
+    "history": [{"item_id": 710, "category_id": 8, "ts": 33}, {"item_id": 1449, "category_id": 8, "ts": 57}],
+    "items": [
+        {
+            "item_id": 77, "category_id": 12, "ctr": 0.0957, "rank": 1,
+            "behaviors": [
+                {"item_id": 1449, "category_id": 8, "ts": 57, "weight": -0.0381, "influence": -0.0147}
+            ],
+            "attention": [-0.0278, -0.0381], "influence": [-0.00059, -0.0147],
+        },
+        {"item_id": 5, "category_id": 3, "ctr": 0.0574, "rank": 2},
+    ],
+}  # fmt: skip
+
+
 class ScoreResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": SCORE_EXAMPLE})
+
     request_id: str = Field(description="the request's id (as sent, or made); also the X-Request-Id header")
     model_version: str
     user_id: RawId
     history_length: int
     degraded: bool = Field(description="true when the behaviour store could not be read in time")
+    ignored: list[str] | None = Field(
+        None,
+        description="profile and context keys sent that this model does not take (`user.<key>`, "
+        "`context.<key>`): accepted and left out of the score; absent when there were none",
+    )
     history: list[dict[str, Any]] | None = Field(
         None, description="with explain: the behaviours scored, oldest first"
     )

@@ -4,8 +4,9 @@ Each field's description is the README's configuration table (scripts/docs_confi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -126,3 +127,11 @@ class Settings(BaseSettings):
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("DIN_ADMIN_TOKEN must be at least 16 characters")
         return self
+
+
+def from_env(name: str) -> Any:
+    """One setting as the service reads it: ``DIN_<NAME>`` if set, else its default. The commands
+    beside the service (the export, experiments, redeploy, the bulk loader) take their defaults
+    from here, so they read and write where the service does without repeating a default."""
+    raw = os.environ.get(f"DIN_{name.upper()}", "")
+    return raw if raw else Settings.model_fields[name].default

@@ -172,6 +172,15 @@ class BehaviorStore:
             raise StoreUnavailable(unavailable) from e
         self.write_breaker.success()
 
+    async def dead_letter_counts(self) -> dict[str, int] | None:
+        """How many feedback records the exporter set aside, by kind (``model.feedback``); None
+        when Redis does not answer."""
+        try:
+            raw = await self.client.hgetall(self.keys.dead_letter_counts())
+        except REDIS_FAILURES:
+            return None
+        return {_text(k): int(v) for k, v in raw.items()}
+
     async def ping(self) -> bool:
         """Whether Redis answers. On a cluster, any one node: a master failing over makes only its
         users' reads degrade, not the whole instance unready."""

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from model.din import DINConfig
-from model.export import export_bundle
+from model.config import DINConfig, TrainConfig
+from model.onnx_export import export_bundle
 from model.repository import ModelRepository
-from model.train import TrainConfig, run
+from model.train import run
 from service.settings import Settings
 from tests.helpers import REDIS_URL, redis_prefix
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from model.din import DIN, Batch, Checkpoint
-from model.export import random_inputs, tile
+from model.onnx_export import random_inputs, tile
 from model.schema import N_RESERVED
 
 

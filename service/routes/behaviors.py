@@ -9,7 +9,7 @@ from service.body import json_route
 from service.deps import EventsBody, MetricsDep, ModelsDep, ProfileBody, RunnerDep, SettingsDep, StoreDep
 from service.schemas import EventsRequest, EventsResponse, ProfileRequest
 
-router = APIRouter()
+router = APIRouter(tags=["behaviours"])
 
 
 @router.post("/events", **json_route(EventsRequest, response_model=EventsResponse))

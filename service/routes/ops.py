@@ -35,6 +35,6 @@ async def model(models: ModelsDep) -> dict[str, Any]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(m: MetricsDep) -> Response:
+async def metrics(m: MetricsDep, store: StoreDep) -> Response:
     """Prometheus text format; with several workers, the sum over all of them."""
-    return Response(m.scrape(), media_type=CONTENT_TYPE_LATEST)
+    return Response(m.scrape(await store.dead_letter_counts()), media_type=CONTENT_TYPE_LATEST)

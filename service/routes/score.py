@@ -21,7 +21,7 @@ from service.errors import InvalidInput
 from service.ids import REQUEST_ID_PATTERN
 from service.schemas import ScoreRequest, ScoreResponse
 
-router = APIRouter()
+router = APIRouter(tags=["scoring"])
 REQUEST_ID_HEADER = {
     "name": "x-request-id",
     "in": "header",

@@ -2,6 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from model.cli import DataError
 from model.data import encode, infer_schema, load_tables, split_by_user, vocab_columns
 from model.schema import OOV, FeatureSchema, FeatureSpace
 
@@ -66,7 +67,7 @@ def test_validation_split_is_by_user_and_seeded():
 
 
 def test_load_tables_names_what_it_expected(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"train\.parquet"):
+    with pytest.raises(DataError, match=r"train\.parquet"):
         load_tables(str(tmp_path), 10, 0)
     assert load_tables("synthetic", 10, 0).source.startswith("synthetic")
 

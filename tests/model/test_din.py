@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from model.din import BaseModel, Batch, Checkpoint, Dice, DINConfig, build_model
+from model.config import DINConfig
+from model.din import BaseModel, Batch, Checkpoint, Dice, build_model
 from model.schema import FeatureSpace
 from tests.model.conftest import random_batch
 

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from model import synthetic
+from model.config import TrainConfig
 from model.din import Checkpoint
-from model.train import TrainConfig, main
+from model.train import main
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

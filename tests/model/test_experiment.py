@@ -119,7 +119,9 @@ def test_auto_ends_an_even_experiment_at_its_maximum_as_no_difference(settings, 
 
 
 def test_without_an_experiment_or_with_bad_settings_the_cli_says_so(settings, repo, capsys):
-    assert run(settings, repo) == 1
+    assert run(settings, repo) == 0  # asking for the status of nothing is no error
+    assert "no experiment is running" in capsys.readouterr().out
+    assert main(["promote", "--models", str(repo.root)]) == 1
     assert "no canary is running" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["promote", "--auto"])

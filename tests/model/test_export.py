@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, BundleError, load_bundle, sha256
-from model.din import DINConfig
+from model.config import DINConfig, TrainConfig
 from model.export import main
 from model.feeds import one_request
-from model.train import TrainConfig, run
+from model.train import run
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def traced(trained, tmp_path_factory):
     """The session model's serving graph exported through an empty cache: (cache, its ONNX file,
     whether it came from the cache)."""
     from model.din import Checkpoint
-    from model.export import export_onnx
+    from model.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("traced")
     hit = export_onnx(Checkpoint.load(str(trained[0])).build(), root / "first.onnx", cache=root / "cache")
@@ -122,7 +122,7 @@ def test_a_second_export_of_an_architecture_reuses_the_traced_graph_with_its_own
 
     from model.bundle import session_options
     from model.din import Checkpoint
-    from model.export import as_feeds, export_onnx, measure_parity, random_inputs
+    from model.onnx_export import as_feeds, export_onnx, measure_parity, random_inputs
 
     cache, first_file, first_hit = traced
     assert first_hit is False and len(list(cache.iterdir())) == 1  # traced, and kept
@@ -140,7 +140,7 @@ def test_a_second_export_of_an_architecture_reuses_the_traced_graph_with_its_own
 
 def test_a_damaged_or_mismatched_cache_entry_is_not_used(traced, trained, tmp_path):
     from model.din import Checkpoint
-    from model.export import graph_key, load_traced
+    from model.onnx_export import graph_key, load_traced
     from model.serving import ServingGraph
 
     model = Checkpoint.load(str(trained[0])).build()
@@ -157,7 +157,7 @@ def test_a_damaged_or_mismatched_cache_entry_is_not_used(traced, trained, tmp_pa
 def test_a_cached_graph_that_fits_the_weights_but_scores_wrong_is_traced_again(traced, trained, tmp_path):
     import onnx
 
-    from model.export import export_bundle
+    from model.onnx_export import export_bundle
 
     cache = shutil.copytree(traced[0], tmp_path / "cache")
     (entry,) = cache.iterdir()

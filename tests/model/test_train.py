@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from model.din import Checkpoint, DINConfig
-from model.train import TrainConfig, main, run
+from model.config import DINConfig, TrainConfig
+from model.din import Checkpoint
+from model.train import main, run
 from tests.helpers import served_log
 
 
@@ -82,7 +83,7 @@ def test_training_on_served_logs_splits_by_time_and_warm_starts_with_new_ids(tmp
     import numpy as np
 
     from model.data import load_tables
-    from model.export import export_bundle
+    from model.onnx_export import export_bundle
     from model.synthetic import SyntheticSpec, generate
 
     train, _ = generate(SyntheticSpec(n_users=1500, max_history=20))

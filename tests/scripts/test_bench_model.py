@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from model.din import DINConfig
-from model.train import TrainConfig, run
+from model.config import DINConfig, TrainConfig
+from model.train import run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -186,8 +186,8 @@ def test_impressions_are_spread_over_the_shards_and_the_exporter_writes_each_onc
     client = sync_client(cluster_settings.redis_url)
     try:
         exporter = Exporter(client, keys, tmp_path / "logs", window_seconds=0)
-        assert exporter.export(now=time.time() + 120)["impressions"] == 3 * n
-        assert exporter.export(now=time.time() + 240)["impressions"] == 0  # nothing twice
+        assert exporter.export(now=time.time() + 120).impressions == 3 * n
+        assert exporter.export(now=time.time() + 240).impressions == 0  # nothing twice
         pending = [client.xpending(k, "din-export")["pending"] for k in keys.impressions()]
     finally:
         client.close()

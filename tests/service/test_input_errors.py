@@ -31,9 +31,14 @@ OK_CANDIDATE = {"item_id": 1, "category_id": 1}
         ({"user_id": 1, "candidates": [OK_CANDIDATE] * 301}, 422, ["body", "candidates"]),
         ({"user_id": 1, "candidates": [OK_CANDIDATE], "top_k": 0}, 422, ["body", "top_k"]),
         (
-            {"user_id": 1, "candidates": [OK_CANDIDATE], "user": {"shoe_size": 44}},
+            {"user_id": 1, "candidates": [OK_CANDIDATE], "context": {"hour": 25}},
             422,
-            ["body", "user", "shoe_size"],
+            ["body", "context", "hour"],
+        ),
+        (
+            {"user_id": 1, "candidates": [OK_CANDIDATE], "context": {"weekday": -1}},
+            422,
+            ["body", "context", "weekday"],
         ),
         (
             {"user_id": 1, "candidates": [OK_CANDIDATE], "user": {"gender": 1}},

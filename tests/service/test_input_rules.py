@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from service.keys import Keys
+from service.schemas import ScoreResponse
 from tests.helpers import REDIS_URL, stored_keys
 
 BIG = 2**70
@@ -195,16 +196,51 @@ def test_openapi_publishes_the_loaded_models_request_contract(client, settings):
     assert candidate["properties"]["item_id"]["maximum"] == 2**63 - 1  # exact, not a float past it
     assert score["properties"]["candidates"]["maxItems"] == settings.max_candidates
     assert score["additionalProperties"] is False
+    any_id = {"anyOf": [{"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+                        {"type": "string", "minLength": 1, "maxLength": 256}]}  # fmt: skip
     user = score["properties"]["user"]["anyOf"][0]
-    assert set(user["properties"]) == {"age", "gender"} and user["additionalProperties"] is False
+    assert set(user["properties"]) == {"age", "gender"} and user["additionalProperties"] == any_id
     assert user["properties"]["gender"]["type"] == "string"
-    assert set(score["properties"]["context"]["anyOf"][0]["properties"]) == {"hour", "weekday"}
+    context = score["properties"]["context"]["anyOf"][0]["properties"]
+    assert (context["hour"]["minimum"], context["hour"]["maximum"]) == (0, 23)
+    assert (context["weekday"]["minimum"], context["weekday"]["maximum"]) == (0, 6)
     event = body("/events")["properties"]["events"]["items"]
     assert event["required"] == ["user_id", "item_id", "category_id"]
     profile = body("/profile")["properties"]["profile"]
-    assert set(profile["properties"]) == {"age", "gender"} and profile["additionalProperties"] is False
+    assert set(profile["properties"]) == {"age", "gender"} and profile["additionalProperties"] == any_id
     for path in ("/score", "/events", "/profile"):
         assert {"413", "415", "422", "503"} <= set(spec["paths"][path]["post"]["responses"])
+    tags = {path: op["tags"] for path, ops in spec["paths"].items() for op in ops.values()}
+    assert tags["/score"] == ["scoring"] and tags["/events"] == tags["/profile"] == ["behaviours"]
+    assert all(tags.values())  # nothing listed under "default" in /docs
+    example = spec["components"]["schemas"]["ScoreResponse"]["example"]
+    assert ScoreResponse.model_validate(example).user_id == 1  # a real answer, not the schema's bounds
+
+
+def test_profile_and_context_keys_the_model_does_not_take_are_ignored_and_named_in_the_answer(client):
+    """A client written for another version of the model (one with other profile or context
+    features) is not refused when the model behind the endpoint changes."""
+    candidates = [{"item_id": 3, "category_id": 2}, {"item_id": 8, "category_id": 5}]
+    taken = {"user_id": 1, "candidates": candidates, "user": {"age": 25}, "context": {"hour": 3}}
+    plain = client.post("/score", json=taken)
+    extra = client.post(
+        "/score",
+        json=taken | {"user": {"age": 25, "shoe_size": 44}, "context": {"hour": 3, "season": "winter"}},
+    )
+    assert plain.status_code == extra.status_code == 200, extra.text
+    assert "ignored" not in plain.json()
+    assert extra.json()["ignored"] == ["context.season", "user.shoe_size"]
+    assert [i["ctr"] for i in extra.json()["items"]] == [i["ctr"] for i in plain.json()["items"]]
+
+
+def test_a_profile_key_the_model_does_not_take_is_stored_for_the_versions_that_do(client, settings):
+    assert (
+        client.post("/profile", json={"user_id": 4, "profile": {"age": 25, "income": "high"}}).status_code
+        == 204
+    )
+    with redis.Redis.from_url(REDIS_URL) as r:
+        stored = r.hgetall(Keys(settings.key_prefix).profile(4))
+    assert {k: orjson.loads(v) for k, v in stored.items()} == {b"age": 25, b"income": "high"}
 
 
 def test_a_whole_number_written_as_a_float_is_that_integer_as_json_schema_says(client):

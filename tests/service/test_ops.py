@@ -5,6 +5,7 @@ import orjson
 import redis
 
 from service.keys import Keys
+from tests.helpers import REDIS_URL
 
 
 def test_readyz_reports_model_and_redis(client):
@@ -25,6 +26,16 @@ def test_metrics_expose_stage_histograms_candidates_and_model_version(client):
         assert re.search(rf'din_score_stage_seconds_count{{stage="{stage}"}} 1\.0', text), stage
     assert "din_score_candidates_bucket" in text
     assert 'din_model_info{version="test-v1"} 1.0' in text
+
+
+def test_metrics_count_the_records_the_feedback_export_set_aside(client, settings):
+    """The exporter is another process; what it set aside is counted in Redis and shown here."""
+    assert "din_feedback_dead_letters_total{" not in client.get("/metrics").text
+    with redis.Redis.from_url(REDIS_URL) as r:
+        r.hset(Keys(settings.key_prefix).dead_letter_counts(), mapping={"not_json": 2, "bad_record": 1})
+    text = client.get("/metrics").text
+    assert 'din_feedback_dead_letters_total{kind="not_json"} 2.0' in text
+    assert 'din_feedback_dead_letters_total{kind="bad_record"} 1.0' in text
 
 
 def test_docs_render_without_internet(client):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model.din import Checkpoint
-from model.export import reference
+from model.onnx_export import reference
 from model.serving import ServingInputs
 from service.runner import encode_rows
 from service.schemas import ScoreResponse
