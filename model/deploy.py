@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -247,7 +248,11 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, cfg: DINConfig, tc: Tra
     gate = gauc_gate(evaluate_bundle(candidate, test), serving, a.gauc_margin)
     print(f"      {gate.reason}")
     if not gate.passed:
-        raise DeployError(f"gate refused {version}: {gate.reason}; still serving {serving_version}")
+        anyway = f"--bundle {staged} --gauc-margin {math.ceil(gate.drop * 1e4) / 1e4:.4f}"
+        raise DeployError(
+            f"gate refused {version}: {gate.reason}; still serving {serving_version} "
+            f"(to deploy it all the same: {anyway})"
+        )
 
     step(4, f"publishing {version} into {repo.root}")
     repo.publish(staged)

@@ -71,6 +71,8 @@ class Summary:
             f"exported {self.impressions} impressions of {self.answers} answers to {out}; "
             f"{self.waiting} answers wait out the label window"
         )
+        if self.waiting and not self.answers:
+            line += " (--label-window-seconds 0 labels them with the clicks already in)"
         if self.set_aside:
             kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.set_aside.items()))
             n = self.set_aside.total()

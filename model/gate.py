@@ -46,6 +46,11 @@ class GateResult:
     serving: dict[str, float] | None  # None on a first deployment
     reason: str
 
+    @property
+    def drop(self) -> float:
+        """How far the candidate's test GAUC is below the serving version's (0 when above)."""
+        return max(0.0, self.serving["gauc"] - self.candidate["gauc"]) if self.serving else 0.0
+
 
 def gauc_gate(candidate: dict[str, float], serving: dict[str, float] | None, margin: float) -> GateResult:
     """Passes unless the candidate's test GAUC is below the serving version's by more than ``margin``."""

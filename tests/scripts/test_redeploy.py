@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,11 @@ def test_the_gate_refuses_a_worse_model_and_the_old_one_keeps_serving(deployment
     assert "[4/7]" not in done.stdout  # never published
     assert "test-worse" not in deployment.repo.versions() and deployment.repo.current() == "test-v2"
     assert serving_versions(deployment.url) == {"test-v2"}
+    anyway = re.search(r"to deploy it all the same: --bundle (\S+) --gauc-margin ([\d.]+)\)", done.stderr)
+    assert anyway is not None, done.stderr  # the refusal says what to run instead, and it works
+    forced = redeploy(deployment, "--bundle", anyway.group(1), "--gauc-margin", anyway.group(2), *TRAIN)
+    assert forced.returncode == 0, forced.stderr
+    assert serving_versions(deployment.url) == {"test-worse"}
 
 
 def test_a_roll_out_that_cannot_reach_the_instances_rolls_the_pointer_back(deployment, trained, tmp_path):
