@@ -22,7 +22,8 @@ WORKDIR /app
 # --- API dependencies in a virtualenv, copied alone into the runtime image ---
 FROM base AS api-build
 COPY pyproject.toml README.md ./
-COPY model ./model
+# The service imports only the shared contracts below it: no training code in the serving image.
+COPY contracts ./contracts
 COPY service ./service
 # The API image copies this venv alone: it needs neither pip nor the packages' own tests and test data.
 RUN python -m venv /opt/venv && pip install --no-cache-dir . \
@@ -34,8 +35,9 @@ RUN python -m venv /opt/venv && pip install --no-cache-dir . \
 # --- trainer: the same packages plus the train extra with the CPU build of torch ---
 FROM base AS trainer
 COPY pyproject.toml README.md ./
+COPY contracts ./contracts
 COPY model ./model
-COPY service ./service
+COPY jobs ./jobs
 # TORCH_INDEX: where the CPU build of torch comes from. A package index URL (the default, PyTorch's
 # CPU index), or a directory of wheels mounted into the build, for machines that cannot reach it:
 #   podman build --volume /opt/wheels:/opt/wheels:ro --build-arg TORCH_INDEX=/opt/wheels ...

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from model.cli import Parser
+from contracts.cli import Parser
 
 SERVING = "serving"  # --init-from serving: the run of the version the model repository serves
 
@@ -115,7 +115,7 @@ TRAIN_HELP = """Train DIN or the BaseModel and report the paper's metrics.
     python -m model.train --data runs/logs --init-from serving --out runs/din-2
 
 --data: "synthetic", a folder with train.parquet and test.parquet, a raw log (interactions.csv.gz
-+ items.csv.gz), or a folder written by python -m model.feedback export. --init-from: a run folder
++ items.csv.gz), or a folder written by python -m jobs.feedback export. --init-from: a run folder
 (model.train --out) or "serving", the run of the version $DIN_MODELS serves."""
 
 
@@ -149,11 +149,11 @@ def _validate(p: argparse.ArgumentParser, cfg: DINConfig, tc: TrainConfig, model
     if tc.shuffle_buffer < 1 or tc.loader_workers < 0:
         p.error("--shuffle-buffer must be >= 1 and --loader-workers >= 0")
     if tc.init_from == SERVING:
-        from model.repository import ModelRepository, RepositoryError
-        from service.settings import from_env
+        from contracts.repository import ModelRepository, RepositoryError
+        from contracts.settings import tools
 
         try:
-            tc.init_from = str(ModelRepository(models or from_env("models")).serving_run())
+            tc.init_from = str(ModelRepository(models or tools().models).serving_run())
         except RepositoryError as e:
             p.error(f"--init-from serving: {e}")
     if tc.stream or world_size() > 1:

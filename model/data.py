@@ -18,16 +18,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from model.cli import DataError
+from contracts.cli import DataError
+from contracts.exported import COMMITS as FEEDBACK_COMMITS
+from contracts.exported import read_commits
+from contracts.keys import user_part
+from contracts.schema import CONTEXT_RANGES, MISSING_INT, MISSING_STR, PAD, FeatureSchema, FeatureSpace
 from model.din import Batch
-from model.feedback import COMMITS as FEEDBACK_COMMITS
-from model.feedback import read_commits
-from model.schema import CONTEXT_RANGES, MISSING_INT, MISSING_STR, PAD, FeatureSchema, FeatureSpace
-from service.keys import user_part
 
 TIME_SPLIT = 0.1  # of an exported folder's samples, the newest validate and the newest after them test
 CONTEXT_COLUMNS = tuple(CONTEXT_RANGES)  # recognised as context; other scalar columns are profile
-# What model.feedback exports besides the features: how each impression was served.
+# What jobs.feedback exports besides the features: how each impression was served.
 SERVED_COLUMNS = (
     "ts",
     "request_id",
@@ -225,7 +225,7 @@ class Tables:
 
 
 def is_feedback_dir(directory: Path) -> bool:
-    """A folder written by ``python -m model.feedback export`` (its commit log names the files)."""
+    """A folder written by ``python -m jobs.feedback export`` (its commit log names the files)."""
     return (directory / FEEDBACK_COMMITS).exists()
 
 
@@ -236,7 +236,7 @@ def feedback_files(directory: Path) -> list[Path]:
         raise DataError(
             f"{directory}: nothing exported yet. The export writes an impression once its label window "
             "(--label-window-seconds, 30 minutes by default) has passed, so clicks can still arrive; "
-            "run python -m model.feedback export again later, or with --label-window-seconds 0 to label "
+            "run python -m jobs.feedback export again later, or with --label-window-seconds 0 to label "
             "what has arrived now"
         )
     return files
@@ -284,7 +284,7 @@ def _untyped(t: pa.DataType) -> bool:
 
 
 def _user_keys(column: pa.ChunkedArray) -> pa.Array:
-    """User ids as the text of their Redis keys (``service.keys.user_part``): 1 is "1", "1" is "\"1\""."""
+    """User ids as the text of their Redis keys (``contracts.keys.user_part``): 1 is "1", "1" is "\"1\""."""
     return pa.array([None if v is None else user_part(v) for v in column.to_pylist()], pa.string())
 
 
@@ -326,7 +326,7 @@ def unknown_layout(data: str) -> DataError:
 
     return DataError(
         f"--data {data}: expected 'synthetic', a folder with train.parquet and test.parquet, "
-        f"a folder with {' and '.join(LOG_FILES)}, or one written by python -m model.feedback export"
+        f"a folder with {' and '.join(LOG_FILES)}, or one written by python -m jobs.feedback export"
     )
 
 

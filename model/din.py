@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from contracts.schema import N_RESERVED, PAD, FeatureSpace
 from model.config import DINConfig
-from model.schema import N_RESERVED, PAD, FeatureSpace
 
 
 class Batch(NamedTuple):

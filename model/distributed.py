@@ -19,12 +19,9 @@ at the end.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,8 +35,8 @@ from torch.utils.data import DataLoader
 from model.config import DINConfig, TrainConfig, world_size
 from model.data import split_by_user
 from model.din import Checkpoint, build_model
-from model.loop import fmt, save_run, train_epoch
-from model.metrics import evaluate
+from model.evaluation import evaluate
+from model.loop import fit_epochs, fmt, save_run, train_epoch
 from model.sources import sources
 from model.stream import (
     ShuffledBatches,
@@ -133,62 +130,32 @@ def run_streaming(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
     check_first = len(train_units) >= world  # each rank has rows to take a first step with
 
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"gauc": -1.0}
-    best_epoch, best_state = 0, copy.deepcopy(din.state_dict())
-    for epoch in range(1, tc.epochs + 1):
-        fit.set_epoch(epoch)
-        check_first = check_first and epoch == 1
-        t0 = time.perf_counter()
-        with Join([cast(DistributedDataParallel, model)]) if world > 1 else contextlib.nullcontext():
-            loss, seen = train_epoch(
-                model,
-                opt,
-                loader,
-                None,
-                tc,
-                f"epoch {epoch} rank {rank}",
-                compare_weights if epoch == 1 else None,
-            )
-        seconds = time.perf_counter() - t0
-        seen_all = sum(_gather(seen))
-        loss = float(np.average(_gather(loss), weights=np.maximum(_gather(seen), 1)))
-        metrics = _metrics(_gather(shard_predictions(train_units, valid_users)))
-        history.append(
-            {"epoch": epoch, "train_loss": loss, "seconds": seconds, "samples": seen_all, "valid": metrics}
-        )
-        if rank == 0:
-            print(
-                f"epoch {epoch}: loss {loss:.4f}, {seconds:.1f}s ({seen_all / seconds:.0f} samples/s), valid "
-                + fmt(metrics),
-                flush=True,
-            )
-        if metrics["gauc"] > best["gauc"]:
-            best, best_epoch, best_state = metrics, epoch, copy.deepcopy(din.state_dict())
-        elif epoch - best_epoch >= tc.patience:
-            if rank == 0:
-                print(f"early stop: no better validation GAUC for {tc.patience} epochs")
-            break
 
+    def one_epoch(epoch: int) -> tuple[float, int]:
+        fit.set_epoch(epoch)
+        first = compare_weights if epoch == 1 and check_first else None
+        with Join([cast(DistributedDataParallel, model)]) if world > 1 else contextlib.nullcontext():
+            loss, seen = train_epoch(model, opt, loader, None, tc, f"epoch {epoch} rank {rank}", first)
+        seen_by_rank = _gather(seen)
+        return float(np.average(_gather(loss), weights=np.maximum(seen_by_rank, 1))), sum(seen_by_rank)
+
+    def say(line: str) -> None:
+        if rank == 0:
+            print(line, flush=True)
+
+    fitted = fit_epochs(
+        model, opt, tc, one_epoch, lambda: _metrics(_gather(shard_predictions(train_units, valid_users))), say
+    )
     same_weights = len(set(_gather(weights_digest(din)))) == 1
-    din.load_state_dict(best_state)
     test_metrics = _metrics(_gather(shard_predictions(test_units, None)))
-    result = {
-        "data": f"{Path(tc.data).resolve()} (streamed)",
-        "test": test_metrics,
-        "valid": best,
-        "best_epoch": best_epoch,
-        "epoch_seconds": float(np.mean([h["seconds"] for h in history])),
-        "samples_per_second": float(np.mean([h["samples"] / h["seconds"] for h in history])),
-        "processes": world,
+    result = fitted.result(f"{Path(tc.data).resolve()} (streamed)", test_metrics, cfg, tc, processes=world)
+    result |= {
         "ranks_same_vocabulary": same_vocabulary,
         "ranks_same_weights_after_first_step": after_first_step.get("same"),
         "ranks_same_weights": same_weights,
-        "config": {"model": cfg.to_dict(), "train": asdict(tc)},
-        "history": history,
     }
     if rank == 0:
-        print(f"best epoch {best_epoch}; test " + fmt(test_metrics))
+        print(f"best epoch {fitted.best_epoch}; test " + fmt(test_metrics))
         title = f"{cfg.model} on {tc.data} ({world} process(es))"
         save_run(out, Checkpoint(cfg, space, din.state_dict()), tc, result, title)
     if dist.is_initialized():

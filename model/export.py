@@ -1,4 +1,4 @@
-"""Export a trained run to a self-contained model bundle (see model/bundle.py).
+"""Export a trained run to a self-contained model bundle (see contracts/bundle.py).
 
     python -m model.export --run runs/din --bundle models/v1
 
@@ -15,8 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
-from model.cli import Parser
-from model.feeds import DEFAULT_OPSET
+from contracts.cli import Parser
+from contracts.feeds import DEFAULT_OPSET
 
 
 def main(argv: list[str] | None = None) -> None:

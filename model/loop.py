@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.cli import DataError
+from contracts.cli import DataError
+from contracts.schema import FeatureSchema, FeatureSpace, SchemaFit
 from model.config import DINConfig, TrainConfig, data_arg
 from model.data import (
     Samples,
@@ -33,8 +34,7 @@ from model.data import (
     vocab_columns,
 )
 from model.din import DIN, Batch, Checkpoint, build_model, warm_start
-from model.metrics import evaluate
-from model.schema import FeatureSchema, FeatureSpace, SchemaFit
+from model.evaluation import evaluate
 
 
 def predict(model: DIN, samples: Samples, batch_size: int = 8192) -> np.ndarray:
@@ -110,42 +110,82 @@ def run_in_memory(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
     )
 
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    steps = -(-len(fit) // tc.batch_size)
+    fitted = fit_epochs(
+        model,
+        opt,
+        tc,
+        lambda epoch: train_epoch(model, opt, fit.batches(tc.batch_size, rng), steps, tc, f"epoch {epoch}"),
+        lambda: evaluate(valid.user, valid.label, predict(model, valid)),
+    )
+    test_metrics = evaluate(test.user, test.label, predict(model, test))
+    print(f"best epoch {fitted.best_epoch}; test " + fmt(test_metrics))
+    result = fitted.result(tables.source, test_metrics, cfg, tc, processes=1)
+    save_run(out, Checkpoint(cfg, space, model.state_dict()), tc, result, f"{cfg.model} on {tables.source}")
+    return result
+
+
+@dataclass
+class Fitted:
+    """What the epochs gave: the best epoch by validation GAUC (its weights are the model's now)."""
+
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    best_epoch: int
+
+    def result(
+        self, source: str, test: dict[str, float], cfg: DINConfig, tc: TrainConfig, processes: int
+    ) -> dict[str, Any]:
+        """metrics.json: the test metrics of the best epoch, its validation metrics, the speed."""
+        h = self.history
+        return {
+            "data": source,
+            "test": test,
+            "valid": self.best,
+            "best_epoch": self.best_epoch,
+            "epoch_seconds": float(np.mean([e["seconds"] for e in h])),
+            "samples_per_second": float(np.mean([e["samples"] / e["seconds"] for e in h])),
+            "processes": processes,
+            "config": {"model": cfg.to_dict(), "train": asdict(tc)},
+            "history": h,
+        }
+
+
+def fit_epochs(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    tc: TrainConfig,
+    one_epoch: Callable[[int], tuple[float, int]],
+    validate: Callable[[], dict[str, float]],
+    say: Callable[[str], None] = print,
+) -> Fitted:
+    """The one training loop, in memory and streamed: ``one_epoch(epoch)`` trains once over the
+    data (the mean loss and the samples seen, over every process), ``validate()`` scores the
+    validation users; it stops early after ``tc.patience`` epochs without a better validation GAUC
+    and leaves ``model`` with the best epoch's weights. ``model`` may be DistributedDataParallel."""
+    din = cast(DIN, model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"gauc": -1.0}
-    best_epoch = 0
-    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, best_state = 0, copy.deepcopy(din.state_dict())
     for epoch in range(1, tc.epochs + 1):
         t0 = time.perf_counter()
-        batches = fit.batches(tc.batch_size, rng)
-        loss, seen = train_epoch(model, opt, batches, -(-len(fit) // tc.batch_size), tc, f"epoch {epoch}")
+        loss, seen = one_epoch(epoch)
         seconds = time.perf_counter() - t0
-        metrics = evaluate(valid.user, valid.label, predict(model, valid))
+        metrics = validate()
         history.append(
             {"epoch": epoch, "train_loss": loss, "seconds": seconds, "samples": seen, "valid": metrics}
         )
-        print(f"epoch {epoch}: loss {loss:.4f}, {seconds:.1f}s, valid " + fmt(metrics))
+        say(
+            f"epoch {epoch}: loss {loss:.4f}, {seconds:.1f}s ({seen / seconds:.0f} samples/s), valid "
+            + fmt(metrics)
+        )
         if metrics["gauc"] > best["gauc"]:
-            best, best_epoch, best_state = metrics, epoch, copy.deepcopy(model.state_dict())
+            best, best_epoch, best_state = metrics, epoch, copy.deepcopy(din.state_dict())
         elif epoch - best_epoch >= tc.patience:
-            print(f"early stop: no better validation GAUC for {tc.patience} epochs")
+            say(f"early stop: no better validation GAUC for {tc.patience} epochs")
             break
-
-    model.load_state_dict(best_state)
-    test_metrics = evaluate(test.user, test.label, predict(model, test))
-    print(f"best epoch {best_epoch}; test " + fmt(test_metrics))
-    result = {
-        "data": tables.source,
-        "test": test_metrics,
-        "valid": best,
-        "best_epoch": best_epoch,
-        "epoch_seconds": float(np.mean([h["seconds"] for h in history])),
-        "samples_per_second": float(np.mean([h["samples"] / h["seconds"] for h in history])),
-        "processes": 1,
-        "config": {"model": cfg.to_dict(), "train": asdict(tc)},
-        "history": history,
-    }
-    save_run(out, Checkpoint(cfg, space, model.state_dict()), tc, result, f"{cfg.model} on {tables.source}")
-    return result
+    din.load_state_dict(best_state)
+    return Fitted(history, best, best_epoch)
 
 
 def save_run(out: Path, ckpt: Checkpoint, tc: TrainConfig, result: dict[str, Any], title: str) -> None:

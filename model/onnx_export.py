@@ -1,4 +1,4 @@
-"""A trained run -> a self-contained model bundle (see model/bundle.py); ``python -m model.export``
+"""A trained run -> a self-contained model bundle (see contracts/bundle.py); ``python -m model.export``
 is its command line.
 
 The export is only published if onnxruntime's scores equal the torch training graph's within
@@ -33,10 +33,11 @@ import onnxscript
 import torch
 from onnxscript import ir, optimizer
 
-from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, load_bundle, session_options, sha256
+from contracts.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, load_bundle, session_options, sha256
+from contracts.feeds import DEFAULT_OPSET, INPUTS, OUTPUTS, Feeds, Inputs, dynamic_axes, signature
+from contracts.schema import FeatureSpace
+from contracts.settings import tools
 from model.din import DIN, BaseModel, Batch, Checkpoint, pooling_weights
-from model.feeds import DEFAULT_OPSET, INPUTS, OUTPUTS, Feeds, Inputs, dynamic_axes, signature
-from model.schema import FeatureSpace
 from model.serving import ServingGraph, ServingInputs
 
 
@@ -130,8 +131,9 @@ def measure_parity(model: DIN, session: ort.InferenceSession, max_history: int) 
 def default_cache() -> Path | None:
     """Where traced serving graphs are kept: ``DIN_EXPORT_CACHE`` (empty: nowhere), else the user's
     cache folder."""
-    if "DIN_EXPORT_CACHE" in os.environ:
-        return Path(os.environ["DIN_EXPORT_CACHE"]) if os.environ["DIN_EXPORT_CACHE"] else None
+    chosen = tools().export_cache
+    if chosen is not None:
+        return Path(chosen) if chosen else None
     try:
         home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     except RuntimeError:  # no home directory (a container user without one): no cache

@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contracts.feeds import Inputs
 from model.din import DIN, MLP, BaseModel, Dice, pooling_weights
-from model.feeds import Inputs
 
-ServingInputs = Inputs[Tensor]  # the serving contract (model.feeds) as torch tensors, for export
+ServingInputs = Inputs[Tensor]  # the serving contract (contracts.feeds) as torch tensors, for export
 
 
 class FrozenDice(nn.Module):

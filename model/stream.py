@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from contracts.schema import FeatureSchema, FeatureSpace, Vocab
 from model.data import Samples, encode, infer_schema, vocab_columns
 from model.din import Batch
-from model.schema import FeatureSchema, FeatureSpace, Vocab
 from model.sources import files
 
 CHUNK_ROWS = 16_384

@@ -1,4 +1,4 @@
-"""Measure and decide a canary experiment: the command line of ``model.experiment``.
+"""Measure and decide a canary experiment: the command line of ``jobs.experiment``.
 
 python scripts/experiment.py status            per arm: impressions, clicks, CTR; the lift and its test
 python scripts/experiment.py status --auto     look again every --interval s; promote or abort
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from model.experiment import main
+from jobs.experiment import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,69 +1,10 @@
-"""A screenshot of the explain page (GET /ui) for a user, in a headless Chromium, as docs/ui.png is.
-
-    python scripts/screenshot_ui.py --models models --out docs/ui.png    # the quickstart's model
-
-Starts the service (SERVE_COMMAND) on the given repository with its own Redis key prefix, loads the
-SYNTHETIC users' behaviours there (as the quickstart does), and has Chromium render
-``/ui?user=...`` with every host but this machine unreachable. Needs chromium (apt-get install
-chromium).
+"""A screenshot of the explain page (GET /ui) in a headless Chromium: docs/ui.png: the command line of
+``devtools.screenshot_ui`` (--help for its options).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import urllib.parse
-from pathlib import Path
 
-from benchutil import delete_prefix
-from liveserver import ROOT, start_server, stop_server
-
-
-def browse(url: str, profile: Path, *args: str, size: str = "1100,900") -> subprocess.CompletedProcess[str]:
-    """Headless Chromium with every host but this machine unreachable, run until the page is idle."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        raise FileNotFoundError("chromium is not installed (apt-get install chromium)")
-    cmd = [found, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-           "--virtual-time-budget=15000", f"--window-size={size}", *args, url]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=Path, default=ROOT / "models", help="a repository with a current version")
-    p.add_argument("--out", type=Path, default=ROOT / "docs/ui.png")
-    p.add_argument("--user", default="1")
-    p.add_argument("--items", default="2,7,19,33,48,61", help="candidate item ids (category = id % 50)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    p.add_argument("--size", default="1100,1400", help="window width,height")
-    a = p.parse_args(argv)
-    prefix = "ui-shot:"
-    load = [sys.executable, "scripts/load_behaviors.py", "--data", "synthetic", "--users", "50",
-            "--redis-url", a.redis_url, "--key-prefix", prefix, "--cap", "12", "--no-progress"]  # fmt: skip
-    subprocess.run(load, cwd=ROOT, check=True)
-    env = os.environ | {"DIN_MODELS": str(a.models), "DIN_REDIS_URL": a.redis_url, "DIN_KEY_PREFIX": prefix}
-    server, url = start_server(env)
-    try:
-        candidates = [{"item_id": int(i), "category_id": int(i) % 50} for i in a.items.split(",")]
-        query = urllib.parse.urlencode({"user": a.user, "candidates": json.dumps(candidates)})
-        with tempfile.TemporaryDirectory() as tmp:
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            done = browse(f"{url}/ui?{query}", Path(tmp), f"--screenshot={a.out.resolve()}", size=a.size)
-        if done.returncode != 0:
-            raise SystemExit(f"chromium failed: {done.stderr[-2000:]}")
-    finally:
-        stop_server(server)
-        delete_prefix(a.redis_url, prefix)
-    print(f"wrote {a.out}")
-    return 0
-
+from devtools.screenshot_ui import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.feeds import Feeds, concat, split
+from contracts.feeds import Feeds, concat, split
 
 RunFn = Callable[[Feeds, bool], list[np.ndarray]]
 

@@ -56,6 +56,8 @@ class InvalidBody(InvalidInput):
         return cls([safe_detail(e, prefix) for e in errors])
 
 
+# One small class per kind of answer, its status and kind side by side: the classes look alike on
+# purpose (`duplicates` lists them as one shape), since the tree is what the handlers match on.
 class UnsupportedMediaType(ServiceError):
     status_code, kind = 415, "unsupported_media_type"
 

@@ -8,7 +8,7 @@ on about every other request) and no flush has to encode a whole batch in one st
 the buffer with one script call per shard and chunk, each entry one XADD: redis-py's pipeline costs
 several times the encoding per command. A full buffer or a sink that fails drops records and
 counts the impressions (``din_impressions_dropped_total{reason}``): logging never fails or slows an
-answer. The record format lives in ``service.keys`` (``encode_feedback``), so a Kafka sink could
+answer. The record format lives in ``contracts.keys`` (``encode_feedback``), so a Kafka sink could
 replace the stream without touching the exporter's reading of it.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from service.keys import encode_feedback
-from service.redis_client import AsyncClient
+from contracts.keys import encode_feedback
+from contracts.redis_client import AsyncClient
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ImpressionLog:
         logged: Counter,
         dropped: Counter,
     ):
-        """``streams``: the stream's keys (``service.keys``); records go to them in turn, so on a
+        """``streams``: the stream's keys (``contracts.keys``); records go to them in turn, so on a
         cluster every shard, and every master, takes a share."""
         self.client, self.streams, self.logged, self.dropped = client, streams, logged, dropped
         self.key = streams[0].rpartition(":")[0] if len(streams) > 1 else streams[0]  # for log lines

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from opentelemetry.trace import TracerProvider
 
+from contracts.redis_client import async_client, close, is_cluster, keys_for
 from service.breaker import CircuitBreaker
 from service.errors import install_error_handlers
 from service.impressions import ImpressionLog
@@ -19,9 +20,9 @@ from service.limits import AdmissionControl, BodySizeLimit
 from service.metrics import Metrics
 from service.model_slot import ModelSlot
 from service.openapi import model_openapi
-from service.redis_client import async_client, close, is_cluster, keys_for
 from service.responses import ResponseCounter
-from service.routes import admin, behaviors, ops, score, ui
+from service.routes import admin, events, ops, score, ui
+from service.services import Services
 from service.settings import Settings
 from service.shadow import ShadowScorer
 from service.shutdown import Drain
@@ -73,29 +74,22 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
         keys = keys_for(settings.redis_url, settings.key_prefix)
         for c in (client, writer, log_client):
             instrument_redis(c, provider)
-        app.state.settings, app.state.models = settings, models
-        app.state.store = BehaviorStore(
-            client,
-            writer,
-            keys,
-            settings.history_cap,
-            settings.history_ttl_seconds,
-            CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_reset_seconds, metrics),
-            settings.impression_stream_maxlen,
-            settings.redis_timeout_ms / 1000,
-            settings.redis_write_timeout_ms / 1000,
+        breaker = CircuitBreaker(
+            settings.redis_breaker_failures, settings.redis_breaker_reset_seconds, metrics
         )
-        app.state.impressions = impressions = ImpressionLog(
+        store = BehaviorStore(client, writer, keys, breaker, settings)
+        impressions = ImpressionLog(
             log_client, keys.impressions(), settings, metrics.impressions_logged, metrics.impressions_dropped
         )
         shadow_log = ImpressionLog(
             log_client, keys.shadow(), settings, metrics.shadow_logged, metrics.shadow_dropped
         )
-        app.state.shadow = shadow = ShadowScorer(shadow_log, metrics, settings.shadow_max_in_flight)
+        shadow = ShadowScorer(shadow_log, metrics, settings.shadow_max_in_flight)
         for stream in (impressions, shadow_log):
             stream.start()
-        app.state.drain = drain = Drain()
+        drain = Drain()
         drain.install(settings.shutdown_drain_seconds)
+        app.state.services = Services(settings, models, store, metrics, impressions, shadow, tracer, drain)
         log.info("serving model %s from %s", models.runner.version, settings.models)
         # Everything built so far lives as long as the process; moved out of the collector's
         # reach, it no longer makes each full collection a long pause of the event loop.
@@ -126,7 +120,7 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
         "recent behaviours from Redis.",
         lifespan=lifespan,
     )
-    metrics = app.state.metrics = Metrics()
+    metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(  # runs before the body limit: an overload is refused before anything else
         AdmissionControl,
@@ -138,11 +132,11 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
     )
     install_error_handlers(app, metrics.count_error)
     app.openapi = model_openapi(app, settings)  # type: ignore[method-assign]
-    routers = (score.router, behaviors.router, ops.router, admin.router, ui.router)
+    routers = (score.router, events.router, ops.router, admin.router, ui.router)
     for router in routers:
         app.include_router(router)
     paths = {getattr(r, "path", "") for r in (*app.routes, *(r for router in routers for r in router.routes))}
     # Added last, so it runs first: it sees every answer, refusals included.
     app.add_middleware(ResponseCounter, routes=paths - {""}, metrics=metrics)
-    app.state.tracer = instrument(app, provider)  # outermost: the request span covers all the rest
+    tracer = instrument(app, provider)  # outermost: the request span covers all the rest
     return app

@@ -36,6 +36,8 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        # Every metric declared here, one after another: name, help, labels and how workers combine.
+        # The declarations look alike on purpose (`duplicates` lists them as one shape).
         r = self.registry
         self.responses = Counter(
             "din_http_responses", "Answers by route and status code", ["route", "code"], registry=r

@@ -5,7 +5,7 @@ is reported in /model, in the /admin/reload response and in din_model_reload_fai
 The swap is one attribute assignment on the event loop. Requests that already hold the old
 ModelRunner finish on it; its session is freed when the last of them lets go.
 
-With a canary in the pointer (``model.canary``) the slot holds two versions, each loaded, warmed up
+With a canary in the pointer (``contracts.canary``) the slot holds two versions, each loaded, warmed up
 and swapped the same way, and ``route`` sends each user to their arm. Promotion hands the canary's
 warm runner to the stable arm: nothing is loaded at the moment traffic moves.
 """
@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from model.bundle import Bundle, BundleError, load_bundle, session_options
-from model.canary import Canary
-from model.feeds import smoke
-from model.repository import ModelRepository, Pointer, RepositoryError
+from contracts.bundle import Bundle, BundleError, load_bundle, session_options
+from contracts.canary import Canary
+from contracts.feeds import smoke
+from contracts.repository import ModelRepository, Pointer, RepositoryError
 from service.metrics import Metrics
 from service.runner import ModelRunner
 from service.settings import Settings

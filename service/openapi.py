@@ -16,27 +16,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from model.schema import CONTEXT_RANGES, FeatureSpace
-from service.ids import ANY_ID_SCHEMA, INT_ID_SCHEMA, INT_MAX, INT_MIN, STR_ID_SCHEMA
+from contracts.ids import ANY_ID_SCHEMA, INT_MAX, INT_MIN
+from service.features import Features
 from service.settings import Settings
 
 
-def feature_schema(space: FeatureSpace, name: str) -> dict[str, Any]:
-    if space.vocabs[name].is_string:
-        return dict(STR_ID_SCHEMA)
-    if name in space.schema.context and name in CONTEXT_RANGES:
-        lo, hi = CONTEXT_RANGES[name]
-        return INT_ID_SCHEMA | {"minimum": lo, "maximum": hi}
-    return dict(INT_ID_SCHEMA)
-
-
 def features_object(
-    space: FeatureSpace, names: tuple[str, ...], required: bool, **extra: Any
+    features: Features, names: tuple[str, ...], required: bool, **extra: Any
 ) -> dict[str, Any]:
-    """An object of the named features; others refused unless ``extra`` says otherwise."""
+    """An object of the named features, each by its rule; others refused unless ``extra`` says otherwise."""
     out: dict[str, Any] = {
         "type": "object",
-        "properties": {n: feature_schema(space, n) for n in names},
+        "properties": {n: features.rules[n].json_schema() for n in names},
         "additionalProperties": False,
     }
     if required:
@@ -44,9 +35,9 @@ def features_object(
     return out | extra
 
 
-def narrow(paths: dict[str, Any], space: FeatureSpace, settings: Settings) -> None:
-    s = space.schema
-    behavior = features_object(space, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
+def narrow(paths: dict[str, Any], features: Features, settings: Settings) -> None:
+    s = features.schema
+    behavior = features_object(features, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
 
     def body(path: str) -> dict[str, Any]:
         return paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -56,11 +47,11 @@ def narrow(paths: dict[str, Any], space: FeatureSpace, settings: Settings) -> No
     # Keys this model does not take are accepted and listed in the answer's "ignored", so a
     # client keeps working across versions with other features.
     for key, group in (("context", s.context), ("user", s.profile)):
-        taken = features_object(space, group, required=False, additionalProperties=ANY_ID_SCHEMA)
+        taken = features_object(features, group, required=False, additionalProperties=ANY_ID_SCHEMA)
         score[key] = {"anyOf": [taken, {"type": "null"}]} | {"description": score[key].get("description", "")}
 
     events = body("/events")
-    event = features_object(space, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
+    event = features_object(features, s.behavior, required=True, additionalProperties=ANY_ID_SCHEMA)
     event["properties"] = {"user_id": ANY_ID_SCHEMA, **event["properties"]}
     event["properties"]["ts"] = events["$defs"]["Event"]["properties"]["ts"]
     event["required"] = ["user_id", *event["required"]]
@@ -74,7 +65,7 @@ def narrow(paths: dict[str, Any], space: FeatureSpace, settings: Settings) -> No
 
     profile = body("/profile")["properties"]
     profile["profile"] = features_object(
-        space, s.profile, required=False, minProperties=1, additionalProperties=ANY_ID_SCHEMA
+        features, s.profile, required=False, minProperties=1, additionalProperties=ANY_ID_SCHEMA
     )
 
 
@@ -96,7 +87,8 @@ def model_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, An
     cache: dict[str, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        runner = app.state.models.runner if hasattr(app.state, "models") else None
+        services = getattr(app.state, "services", None)  # None before the lifespan has run
+        runner = services.models.runner if services is not None else None
         version = runner.version if runner is not None else ""
         if version not in cache:
             spec = get_openapi(
@@ -104,7 +96,7 @@ def model_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, An
             )
             exact_bounds(spec)
             if runner is not None:
-                narrow(spec["paths"], runner.bundle.space, settings)
+                narrow(spec["paths"], runner.features, settings)
                 spec["info"]["description"] += f" Request schemas are those of model {version}."
             cache.clear()
             cache[version] = spec

@@ -1,26 +1,19 @@
 """All service settings in one class, read from DIN_* environment variables, checked at start-up.
 
-Each field's description is the README's configuration table (scripts/docs_config.py writes it)."""
+The fields the commands beside the service read too come from ``contracts.settings.Shared``. Each
+field's description is a row of docs/configuration.md (scripts/docs_config.py writes it)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
 
-from service.redis_client import check_url, keys_for
+from contracts.settings import Shared
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DIN_", extra="ignore")
-
-    models: Path = Field(
-        Path("models"),
-        description="model repository; the service serves the version its `current` pointer names",
-    )
+class Settings(Shared):
     seed_bundle: Path | None = Field(
         None,
         description="a bundle published as the first version when the repository is empty "
@@ -31,16 +24,6 @@ class Settings(BaseSettings):
         ge=0,
         description="re-read the pointer this often and hot-swap when it moves; 0 = only on `/admin/reload`",
     )
-    admin_token: SecretStr | None = Field(
-        None, description="bearer token for `/admin/*` (16+ characters); unset disables them"
-    )
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        description="behaviour store: one server, or a Redis Cluster as `redis+cluster://host:port[,host:port…]`",
-    )
-    key_prefix: str = Field("din:", description="prefix of every Redis key (no `{` or `}` on a cluster)")
-    history_cap: int = Field(100, ge=1, le=10_000, description="behaviours kept per user")
-    history_ttl_seconds: int = Field(90 * 24 * 3600, ge=0, description="idle users expire; 0 = never")
     redis_timeout_ms: float = Field(50, gt=0, description="per Redis call on the scoring path (no retries)")
     redis_write_timeout_ms: float = Field(
         1000, gt=0, description="per write (`/events`, `/profile`); then 503, nothing written"
@@ -79,7 +62,7 @@ class Settings(BaseSettings):
     log_impressions: bool = Field(
         True,
         description="log every item `/score` returns, with the features as scored, to a Redis stream "
-        "(off the request path; `python -m model.feedback export` turns it into training samples)",
+        "(off the request path; `python -m jobs.feedback export` turns it into training samples)",
     )
     impression_sample_rate: float = Field(1.0, ge=0, le=1, description="share of `/score` answers logged")
     impression_buffer: int = Field(
@@ -109,29 +92,7 @@ class Settings(BaseSettings):
         0, ge=0, description="on SIGTERM, answer `/readyz` 503 but keep serving this long, then shut down"
     )
 
-    @field_validator("seed_bundle", "admin_token", mode="before")
+    @field_validator("seed_bundle", mode="before")
     @classmethod
-    def empty_means_unset(cls, v: object) -> object:
+    def empty_seed_means_unset(cls, v: object) -> object:
         return None if v == "" else v  # compose passes ${VAR:-} as an empty string
-
-    @field_validator("redis_url")
-    @classmethod
-    def redis_url_is_one(cls, v: str) -> str:
-        return check_url(v)
-
-    @model_validator(mode="after")
-    def check_combinations(self) -> Settings:
-        """Only what the values themselves say; whether a model can be served is the model slot's
-        check at start-up (settings do no I/O)."""
-        keys_for(self.redis_url, self.key_prefix)  # a prefix a cluster cannot take
-        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
-            raise ValueError("DIN_ADMIN_TOKEN must be at least 16 characters")
-        return self
-
-
-def from_env(name: str) -> Any:
-    """One setting as the service reads it: ``DIN_<NAME>`` if set, else its default. The commands
-    beside the service (the export, experiments, redeploy, the bulk loader) take their defaults
-    from here, so they read and write where the service does without repeating a default."""
-    raw = os.environ.get(f"DIN_{name.upper()}", "")
-    return raw if raw else Settings.model_fields[name].default

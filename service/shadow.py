@@ -19,7 +19,7 @@ import numpy as np
 from service.errors import InvalidInput
 from service.impressions import ImpressionLog
 from service.metrics import Metrics
-from service.runner import ModelRunner, encode_rows
+from service.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,12 @@ class ShadowScorer:
         task.add_done_callback(self.tasks.discard)
 
     async def _score(self, canary: ModelRunner, answer: dict[str, Any], served: list[dict[str, Any]]) -> None:
-        schema = canary.bundle.space.schema
+        features = canary.features
         try:
-            encoded = encode_rows(canary.bundle.space, served, schema.behavior)
+            encoded = features.encode_rows(served, features.schema.behavior)
             history = answer["history"][-canary.bundle.max_history :] if canary.bundle.max_history else []
-            ctr, _ = await canary.run(history, answer["profile"], answer["context"], encoded, False)
+            feeds = features.feeds(history, answer["profile"], answer["context"], encoded)
+            ctr, _ = await canary.run(feeds, False)
         except InvalidInput as e:  # a candidate the canary's schema cannot take
             self.metrics.shadow.labels(result="failed").inc()
             log.debug("shadow %s cannot score %s: %s", canary.version, answer["request_id"], e)

@@ -29,11 +29,12 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from contracts.ids import RawId
+from contracts.keys import Keys, decode_history, decode_value, encode_feedback, encode_profile, encode_value
+from contracts.redis_client import MAX_CONNECTIONS, REDIS_FAILURES, AsyncClient, Gate
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
-from service.ids import RawId
-from service.keys import Keys, decode_history, decode_value, encode_feedback, encode_profile, encode_value
-from service.redis_client import MAX_CONNECTIONS, REDIS_FAILURES, AsyncClient, Gate
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,17 @@ class BehaviorStore:
         client: AsyncClient,
         writer: AsyncClient,
         keys: Keys,
-        cap: int,
-        ttl_seconds: int,
         breaker: CircuitBreaker,
-        stream_maxlen: int = 1_000_000,
-        read_timeout_seconds: float = 0.05,
-        write_timeout_seconds: float = 1.0,
+        settings: Settings,
     ):
-        self.client, self.writer, self.keys, self.cap, self.ttl = client, writer, keys, cap, ttl_seconds
+        """``client`` reads (short timeouts, no retries), ``writer`` writes; the history cap and TTL,
+        the click stream's length and the timeouts are the settings'."""
+        self.client, self.writer, self.keys = client, writer, keys
+        self.cap, self.ttl = settings.history_cap, settings.history_ttl_seconds
         self.breaker, self.write_breaker = breaker, breaker.twin()
-        self.stream_maxlen = max(1, stream_maxlen // len(keys.clicks()))
-        self.read_timeout, self.write_timeout = read_timeout_seconds, write_timeout_seconds
+        self.stream_maxlen = max(1, settings.impression_stream_maxlen // len(keys.clicks()))
+        self.read_timeout = settings.redis_timeout_ms / 1000
+        self.write_timeout = settings.redis_write_timeout_ms / 1000
         limit = MAX_CONNECTIONS if keys.cluster else None  # only the cluster client raises when full
         self.read_gate, self.write_gate = Gate(limit), Gate(limit)
 
@@ -173,7 +174,7 @@ class BehaviorStore:
         self.write_breaker.success()
 
     async def dead_letter_counts(self) -> dict[str, int] | None:
-        """How many feedback records the exporter set aside, by kind (``model.feedback``); None
+        """How many feedback records the exporter set aside, by kind (``jobs.feedback``); None
         when Redis does not answer."""
         try:
             raw = await self.client.hgetall(self.keys.dead_letter_counts())

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from contracts.repository import ModelRepository
+from devtools.redis_cluster import LocalCluster
 from model.config import DINConfig, TrainConfig
 from model.onnx_export import export_bundle
-from model.repository import ModelRepository
 from model.train import run
 from service.settings import Settings
 from tests.helpers import REDIS_URL, redis_prefix
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts import as modules
-
-from redis_cluster import LocalCluster
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

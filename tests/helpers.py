@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 import redis
 
-from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, sha256
-from model.feedback import Exporter
-from service.keys import Keys, encode_feedback
+from contracts.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, sha256
+from contracts.keys import Keys, encode_feedback
+from jobs.feedback import Exporter
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # tests' own DB; every test writes under its own prefix
 
@@ -61,7 +61,7 @@ def drop_a_context_feature(folder: Path) -> None:
 def served_log(table: pa.Table, out: Path, first_item: int = 0) -> None:
     """An exported folder made the way the service makes one: each sample of ``table`` (the
     synthetic generator's) logged as an answer with one impression, clicks sent for its label 1
-    rows, and model.feedback export run over the streams. Item ids are offset by ``first_item``
+    rows, and jobs.feedback export run over the streams. Item ids are offset by ``first_item``
     so a second log can bring ids the first never had."""
     rows = table.to_pylist()
     random.Random(0).shuffle(rows)  # the generator writes user by user; traffic interleaves them

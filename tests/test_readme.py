@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from liveserver import free_port, wait_ready
+from devtools.liveserver import free_port, wait_ready
 from tests.conftest import SHARED_DATA
 from tests.helpers import REDIS_URL, redis_prefix
 
@@ -222,7 +222,7 @@ def test_the_readme_walked_from_the_quickstart_to_the_end_of_a_canary(quickstart
 
     # The export, as a user trying it at once: the label window explained, nothing lost.
     time.sleep(1.5)  # the impression log is flushed in the background
-    out = walk.run(readme_command("model.feedback", "export", "--label-window-seconds"))
+    out = walk.run(readme_command("jobs.feedback", "export", "--label-window-seconds"))
     assert f"of {served_by_first + served_by_second + 4} answers" in out, out  # and the 4 examples
     logs = [pq.read_table(f) for f in sorted((walk.root / "logs").glob("*/*.parquet"))]
     assert sum(t.num_rows for t in logs) > 0

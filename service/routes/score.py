@@ -1,9 +1,9 @@
-"""POST /score: thin; the work is in service.ranking.
+"""POST /score: thin; the work is in service.scoring.
 
-The route takes the bare Request and reads what ``lifespan`` made from ``app.state`` itself, where
-the other routes use FastAPI dependencies: resolving a dependency per resource on every call cost
-the event loop more than parsing the candidates. The body and the X-Request-Id header are checked
-here by the same rules FastAPI would apply, and published in the OpenAPI entry by hand.
+The route takes the bare Request and reads the app's services itself, where the other routes use a
+FastAPI dependency: resolving dependencies on every call cost the event loop more than parsing the
+candidates. The body and the X-Request-Id header are checked here by the same rules FastAPI would
+apply, and published in the OpenAPI entry by hand.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from opentelemetry.trace import get_current_span
 
-from service import ranking
+from contracts.ids import REQUEST_ID_PATTERN
+from service import scoring
 from service.body import json_route, parse
 from service.errors import InvalidInput
-from service.ids import REQUEST_ID_PATTERN
-from service.schemas import ScoreRequest, ScoreResponse
+from service.payloads import ScoreRequest, ScoreResponse
+from service.services import services_of
 
 router = APIRouter(tags=["scoring"])
 REQUEST_ID_HEADER = {
@@ -49,27 +50,17 @@ def header_request_id(value: str | None) -> str | None:
 async def score(request: Request) -> Response:
     """Ranks the candidates for the user by predicted CTR, in one model run. 503 with Retry-After
     when the service is overloaded or the request's deadline (X-Deadline-Ms) passed."""
-    headers, state = request.headers, request.app.state
+    headers, services = request.headers, services_of(request)
     req = parse(ScoreRequest, await request.body(), headers.get("content-type"))
     from_header = header_request_id(headers.get("x-request-id"))  # checked even when the body has one
     request_id = req.request_id or from_header or os.urandom(16).hex()
     # The version serving this user now (their experiment arm); the request keeps it through a reload.
-    runner, shadow = state.models.route(req.user_id)
-    body = await ranking.score(
-        req,
-        request_id,
-        runner,
-        state.store,
-        state.metrics,
-        state.settings,
-        state.impressions,
-        request.scope.get("state", {}).get("deadline"),
-        None if shadow is None else (shadow, state.shadow),
-        state.tracer,
-    )
+    runner, shadow = services.models.route(req.user_id)
+    deadline = request.scope.get("state", {}).get("deadline")
+    body = await scoring.score(req, request_id, services, runner, shadow, deadline)
     # Serialised directly: FastAPI's generic response encoding cost more than the model run.
     if get_current_span().is_recording():  # tracing on, and this request sampled
-        with state.tracer.start_as_current_span("din.serialize"):
+        with services.tracer.start_as_current_span("din.serialize"):
             content = orjson.dumps(body)
     else:
         content = orjson.dumps(body)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from liveserver import free_port
+from devtools.liveserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

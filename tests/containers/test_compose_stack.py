@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.repository import ModelRepository
+from contracts.repository import ModelRepository
 from service.main import create_app
 from service.settings import Settings
 from tests.containers.conftest import README, Stack

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from liveserver import SERVE_COMMAND
+from devtools.liveserver import SERVE_COMMAND
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_api_image_runs_the_tested_serve_command_as_non_root_without_torch():
 def test_trainer_image_runs_the_tested_redeploy_script_with_the_cpu_torch_pin():
     entry = json.loads(instructions("trainer", "ENTRYPOINT")[0])
     assert entry[:2] == ["python", "scripts/redeploy.py"] and (ROOT / entry[1]).is_file()
-    assert f'"{entry[1]}"' in (ROOT / "tests/scripts/test_redeploy.py").read_text()  # what the tests run
+    assert f'"{entry[1]}"' in (ROOT / "tests/jobs/test_redeploy.py").read_text()  # what the tests run
     run = " ".join(instructions("trainer", "RUN"))
     assert "torch==2.13.0+cpu" in run  # exact: without +cpu, PyPI would serve the CUDA build
     assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in instructions("trainer", "ARG")

@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from contracts.redis_client import check_url, is_cluster
 from service.metrics import Metrics
-from service.redis_client import check_url, is_cluster
 from service.routes import ops
 from service.settings import Settings
 from tests.containers.test_container_files import instructions
@@ -106,9 +106,9 @@ def test_the_trainer_and_the_exporter_run_the_commands_the_images_and_tests_run(
     assert trainer["command"] == json.loads(instructions("trainer", "ENTRYPOINT")[0])
     assert env(trainer)["DIN_INSTANCES"] == "http://din-api:8000"
     exporter = container(objects()[("Deployment", "din-exporter")])
-    assert exporter["command"][:4] == ["python", "-m", "model.feedback", "export"]
+    assert exporter["command"][:4] == ["python", "-m", "jobs.feedback", "export"]
     usage = subprocess.run(
-        [sys.executable, "-m", "model.feedback", "export", "--help"],
+        [sys.executable, "-m", "jobs.feedback", "export", "--help"],
         capture_output=True,
         text=True,
         check=True,

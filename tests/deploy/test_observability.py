@@ -14,7 +14,7 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.repository import ModelRepository
+from contracts.repository import ModelRepository
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import REDIS_URL, redis_prefix

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.schema import FeatureSchema, FeatureSpace
 from model.din import Batch
-from model.schema import FeatureSchema, FeatureSpace
 
 
 def make_space() -> FeatureSpace:

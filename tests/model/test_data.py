@@ -2,9 +2,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from model.cli import DataError
+from contracts.cli import DataError
+from contracts.schema import OOV, FeatureSchema, FeatureSpace
 from model.data import encode, infer_schema, load_tables, split_by_user, vocab_columns
-from model.schema import OOV, FeatureSchema, FeatureSpace
 
 
 def sample_table() -> pa.Table:

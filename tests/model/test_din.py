@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from contracts.schema import FeatureSpace
 from model.config import DINConfig
 from model.din import BaseModel, Batch, Checkpoint, Dice, build_model
-from model.schema import FeatureSpace
 from tests.model.conftest import random_batch
 
 

@@ -4,10 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from model.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, BundleError, load_bundle, sha256
+from contracts.bundle import MANIFEST_FILE, MODEL_FILE, SPACE_FILE, BundleError, load_bundle, sha256
+from contracts.feeds import one_request
 from model.config import DINConfig, TrainConfig
 from model.export import main
-from model.feeds import one_request
 from model.train import run
 
 
@@ -120,7 +120,7 @@ def test_a_second_export_of_an_architecture_reuses_the_traced_graph_with_its_own
 ):
     import onnxruntime as ort
 
-    from model.bundle import session_options
+    from contracts.bundle import session_options
     from model.din import Checkpoint
     from model.onnx_export import as_feeds, export_onnx, measure_parity, random_inputs
 

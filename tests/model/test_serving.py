@@ -5,11 +5,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from contracts.feeds import OUTPUTS
+from contracts.schema import FeatureSpace
 from model.config import DINConfig
 from model.din import build_model
-from model.feeds import OUTPUTS
 from model.onnx_export import as_feeds, export_onnx, parity_cases, random_inputs, reference
-from model.schema import FeatureSpace
 from model.serving import ServingGraph, fold_norm_into_linear
 from tests.model.conftest import make_space, random_batch
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
+from contracts.schema import FeatureSpace
 from model import stream, synthetic
 from model.data import split_by_user, vocab_columns
-from model.schema import FeatureSpace
 from model.stream import ShuffledBatches, schema_of, users_of, vocab_space
 
 

@@ -6,19 +6,20 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from fastapi.testclient import TestClient
 
-from model.bundle import load_bundle
-from model.feeds import concat, split
+from contracts.bundle import load_bundle
+from contracts.feeds import concat, split
 from service.batcher import MicroBatcher
+from service.features import Features
 from service.main import create_app
-from service.runner import build_feeds, encode_rows
 
 
 def request_feeds(bundle, seed: int, n: int, length: int):
     rng = np.random.default_rng(seed)
     hist = [{"item_id": int(i), "category_id": int(i % 50)} for i in rng.integers(0, 2000, length)]
     cands = [{"item_id": int(i), "category_id": int(i % 50)} for i in rng.integers(0, 2000, n)]
-    encoded = encode_rows(bundle.space, cands, bundle.space.schema.behavior)
-    return build_feeds(bundle.space, hist, {"age": 25, "gender": "F"}, {"hour": 3, "weekday": 1}, encoded)
+    features = Features(bundle.space)
+    encoded = features.encode_rows(cands, bundle.space.schema.behavior)
+    return features.feeds(hist, {"age": 25, "gender": "F"}, {"hour": 3, "weekday": 1}, encoded)
 
 
 def test_merged_runs_equal_separate_runs(trained):

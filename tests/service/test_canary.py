@@ -11,8 +11,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from model.repository import ModelRepository
-from service.keys import Keys, decode_feedback
+from contracts.keys import Keys, decode_feedback
+from contracts.repository import ModelRepository
 from service.main import create_app
 from tests.helpers import REDIS_URL, flip_a_byte
 from tests.service.conftest import changed
@@ -89,10 +89,10 @@ def test_a_click_counts_for_the_arm_of_its_user(admin, repo):
 def test_promotion_hands_the_warm_canary_over_and_abort_ends_it(admin, repo):
     repo.start_canary("test-v2", 50)
     reload(admin)
-    canary_runner = admin.app.state.models.canary.runner
+    canary_runner = admin.app.state.services.models.canary.runner
     repo.promote()
     assert reload(admin)["serving"] == "test-v2"
-    assert admin.app.state.models.runner is canary_runner  # promoted, not loaded again
+    assert admin.app.state.services.models.runner is canary_runner  # promoted, not loaded again
     assert set(versions(admin).values()) == {"test-v2"}
 
     repo.start_canary("test-v1", 30)
@@ -109,10 +109,10 @@ def test_a_new_split_needs_no_load_and_a_broken_canary_leaves_stable_serving_eve
 ):
     repo.start_canary("test-v2", 10, salt="a")
     reload(admin)
-    runner = admin.app.state.models.canary.runner
+    runner = admin.app.state.services.models.canary.runner
     repo.start_canary("test-v2", 90, salt="b")
-    assert reload(admin)["result"] == "loaded" and admin.app.state.models.canary.runner is runner
-    assert admin.app.state.models.canary.spec.percent == 90
+    assert reload(admin)["result"] == "loaded" and admin.app.state.services.models.canary.runner is runner
+    assert admin.app.state.services.models.canary.spec.percent == 90
 
     publish_copy(repo, trained[1], "test-broken", tmp_path, edit=flip_a_byte)
     repo.start_canary("test-broken", 50)

@@ -20,13 +20,13 @@ import redis
 from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
-from liveserver import start_server, stop_server
-from load_behaviors import main as load_main
-from model.feedback import Exporter
-from model.repository import ModelRepository
-from service.keys import STREAM_SHARDS, Keys, decode_history
+from contracts.keys import STREAM_SHARDS, Keys, decode_history
+from contracts.redis_client import keys_for, sync_client
+from contracts.repository import ModelRepository
+from devtools.liveserver import start_server, stop_server
+from jobs.feedback import Exporter
+from jobs.load_behaviors import main as load_main
 from service.main import create_app
-from service.redis_client import keys_for, sync_client
 from tests.service.conftest import changed
 from tests.service.test_score import post_events, score
 

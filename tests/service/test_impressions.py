@@ -12,7 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.keys import Keys, decode_feedback
+from contracts.keys import Keys, decode_feedback
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import REDIS_URL

@@ -5,8 +5,8 @@ import orjson
 import pytest
 import redis
 
-from service.keys import Keys
-from service.schemas import ScoreResponse
+from contracts.keys import Keys
+from service.payloads import ScoreResponse
 from tests.helpers import REDIS_URL, stored_keys
 
 BIG = 2**70

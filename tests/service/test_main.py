@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from liveserver import ROOT
+from devtools.liveserver import ROOT
 
 
 def test_importing_the_service_and_building_the_app_loads_no_torch():

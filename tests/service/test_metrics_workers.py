@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from liveserver import start_server, stop_server
-from model.repository import ModelRepository
+from contracts.repository import ModelRepository
+from devtools.liveserver import start_server, stop_server
 from tests.helpers import REDIS_URL
 
 pytestmark = pytest.mark.slow

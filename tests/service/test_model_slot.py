@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model.bundle import MANIFEST_FILE
-from model.repository import ModelRepository
+from contracts.bundle import MANIFEST_FILE
+from contracts.repository import ModelRepository
 from service.main import create_app
 from tests.helpers import drop_a_context_feature, flip_a_byte
 from tests.service.conftest import changed
@@ -59,7 +59,7 @@ def test_reload_swaps_in_the_version_the_pointer_names(admin_client, models, tra
     repo = ModelRepository(models)
     assert admin_client.post("/admin/reload", headers=AUTH).json()["result"] == "unchanged"
     repo.set_current(publish_copy(repo, trained[1], "test-v2", tmp_path))
-    old_scorer = admin_client.app.state.models.runner
+    old_scorer = admin_client.app.state.services.models.runner
 
     r = admin_client.post("/admin/reload", headers=AUTH)
 

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import redis
 
-from service.keys import Keys
+from contracts.keys import Keys
 from tests.helpers import REDIS_URL
 
 

@@ -5,8 +5,8 @@ import torch
 from model.din import Checkpoint
 from model.onnx_export import reference
 from model.serving import ServingInputs
-from service.runner import encode_rows
-from service.schemas import ScoreResponse
+from service.features import Features
+from service.payloads import ScoreResponse
 
 USER = {"age": 25, "gender": "F"}
 CONTEXT = {"hour": 20, "weekday": 2}
@@ -42,11 +42,11 @@ def test_service_scores_equal_the_torch_model_for_the_same_history(client, train
     space = ckpt.space
     hist_rows = [{"item_id": i, "category_id": c} for i, c in history]
     x = ServingInputs(
-        torch.from_numpy(encode_rows(space, [USER], space.schema.profile)),
-        torch.from_numpy(encode_rows(space, [CONTEXT], space.schema.context)),
-        torch.from_numpy(encode_rows(space, hist_rows, space.schema.behavior))[None],
+        torch.from_numpy(Features(space).encode_rows([USER], space.schema.profile)),
+        torch.from_numpy(Features(space).encode_rows([CONTEXT], space.schema.context)),
+        torch.from_numpy(Features(space).encode_rows(hist_rows, space.schema.behavior))[None],
         torch.tensor([5]),
-        torch.from_numpy(encode_rows(space, candidates, space.schema.behavior)),
+        torch.from_numpy(Features(space).encode_rows(candidates, space.schema.behavior)),
         torch.zeros(len(candidates), dtype=torch.long),
     )
     expected, _ = reference(ckpt.build(), x)

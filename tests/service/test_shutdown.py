@@ -15,7 +15,7 @@ import uuid
 import pytest
 import redis
 
-from liveserver import ROOT, SERVE_COMMAND, free_port, wait_ready
+from devtools.liveserver import ROOT, SERVE_COMMAND, free_port, wait_ready
 from tests.helpers import REDIS_URL
 
 pytestmark = pytest.mark.slow

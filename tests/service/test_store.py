@@ -9,12 +9,15 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
+from contracts.keys import Keys
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
-from service.keys import Keys
 from service.metrics import Metrics
+from service.settings import Settings
 from service.store import BehaviorStore
 from tests.helpers import REDIS_URL
+
+SETTINGS = Settings(redis_url=REDIS_URL, history_cap=50, history_ttl_seconds=0)
 
 
 def test_after_the_server_drops_its_connections_one_read_fails_and_the_next_ones_are_served_fresh():
@@ -23,7 +26,7 @@ def test_after_the_server_drops_its_connections_one_read_fails_and_the_next_ones
 
     async def main() -> tuple[list[bool], bool, list[bool]]:
         client = aioredis.Redis.from_url(REDIS_URL, client_name=name)
-        store = BehaviorStore(client, client, Keys(prefix), 50, 0, CircuitBreaker(1, 0.0, Metrics()))
+        store = BehaviorStore(client, client, Keys(prefix), CircuitBreaker(1, 0.0, Metrics()), SETTINGS)
         await store.append({1: [{"item_id": 5, "category_id": 3}]})
         # Three reads at once leave three idle connections in the pool.
         warm = [s is not None for s in await asyncio.gather(*(store.read(1, 50) for _ in range(3)))]
@@ -61,7 +64,7 @@ def test_a_connection_whose_transport_closed_under_it_serves_or_degrades_a_read_
     async def main() -> tuple[bool, bool, bool]:
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            store = BehaviorStore(client, client, Keys(prefix), 50, 0, CircuitBreaker(1, 0.0, Metrics()))
+            store = BehaviorStore(client, client, Keys(prefix), CircuitBreaker(1, 0.0, Metrics()), SETTINGS)
             await store.append({1: [{"item_id": 5, "category_id": 3}]})
             assert await store.read(1, 50) is not None
 

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NoOpTracer
 
-from bench_service import OtlpSink
+from devtools.otlp import OtlpSink
 from service.main import create_app
 from service.tracing import wanted
 
@@ -104,8 +104,8 @@ def test_tracing_is_off_without_otel_variables_and_instruments_nothing(settings,
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     app = create_app(settings)
-    assert isinstance(app.state.tracer, NoOpTracer)
     with TestClient(app) as c:
+        assert isinstance(app.state.services.tracer, NoOpTracer)
         assert c.post("/score", json={"user_id": 7, "candidates": CANDIDATES}).status_code == 200
         assert "opentelemetry" not in type(app.middleware_stack).__module__
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import screenshot_ui
-from liveserver import start_server, stop_server
+from devtools import screenshot_ui
+from devtools.liveserver import start_server, stop_server
 from tests.helpers import REDIS_URL, redis_prefix
 
 HISTORY = [(i, i % 50) for i in (3, 14, 15, 92, 65, 35)]

@@ -1,0 +1,24 @@
+"""POST /events and POST /profile: thin; the work is in service.recording."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service import recording
+from service.body import json_route
+from service.deps import EventsBody, ProfileBody, ServicesDep
+from service.payloads import EventsRequest, EventsResponse, ProfileRequest
+
+router = APIRouter(tags=["behaviours"])
+
+
+@router.post("/events", **json_route(EventsRequest, response_model=EventsResponse))
+async def append_events(req: EventsBody, services: ServicesDep) -> EventsResponse:
+    """Appends behaviours to their users' histories (atomically, capped to the newest N)."""
+    return await recording.append_events(req, services)
+
+
+@router.post("/profile", **json_route(ProfileRequest, status_code=204))
+async def upsert_profile(req: ProfileBody, services: ServicesDep) -> None:
+    """Creates or updates profile features of a user."""
+    await recording.upsert_profile(req, services)
