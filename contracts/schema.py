@@ -12,6 +12,7 @@ was clicked earlier or is being scored now), so they share one vocabulary and on
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,13 @@ MISSING_STR = "\x00"
 # weekday with Monday 0): training reads these columns as context, and /score refuses an integer
 # outside its range instead of scoring it as an unknown id.
 CONTEXT_RANGES: dict[str, tuple[int, int]] = {"hour": (0, 23), "weekday": (0, 6)}
+
+
+def current_context(now: float | None = None) -> dict[str, int]:
+    """The context features' values at ``now`` (UTC): what the service scores a request with that
+    sends no context, and what the gate scores the live sample with."""
+    t = time.gmtime(now if now is not None else time.time())
+    return {"hour": t.tm_hour, "weekday": t.tm_wday}
 
 
 @dataclass(frozen=True)

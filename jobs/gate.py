@@ -1,18 +1,22 @@
 """The deployment gate: score one test set with two bundles through onnxruntime, as served.
 
 Each bundle encodes the raw test rows with its own vocabularies and history length, so a new
-version and the serving one are compared on identical impressions, whatever their schemas.
+version and the serving one are compared on identical impressions, whatever their schemas: in
+GAUC, logloss and calibration. And the new version alone on what it will serve: the newest rows
+scored with the current context, whose CTRs must not shift from its own on those rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from contracts.bundle import Bundle
 from contracts.feeds import one_candidate_per_request
+from contracts.schema import FeatureSchema, current_context
 from model.data import encode
 from model.evaluation import evaluate
 
@@ -39,23 +43,94 @@ def evaluate_bundle(bundle: Bundle, table: pa.Table) -> dict[str, float]:
     )
 
 
+def live_sample(
+    table: pa.Table, schema: FeatureSchema, now: float | None = None, rows: int = 2000
+) -> pa.Table:
+    """The newest ``rows`` of the table as they would be scored now: each context feature the model
+    takes set to its current value (the service's context for a request that sends none)."""
+    sample = table.slice(max(0, table.num_rows - rows))
+    current = current_context(now)
+    for name in schema.context:
+        if name not in current:
+            continue
+        column = pa.array(np.full(sample.num_rows, current[name], dtype=np.int64))
+        if name in sample.column_names:
+            sample = sample.set_column(sample.column_names.index(name), name, column)
+        else:
+            sample = sample.append_column(name, column)
+    return sample
+
+
+def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
+    """The population stability index of ``live`` against ``reference`` over the reference's
+    deciles: 0 for the same distribution; above 0.25 is read as a shift."""
+    if len(reference) == 0 or len(live) == 0:
+        return 0.0
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / len(
+        reference
+    )
+    now = np.bincount(np.searchsorted(edges, live, side="right"), minlength=len(edges) + 1) / len(live)
+    ref, now = np.maximum(ref, 1e-4), np.maximum(now, 1e-4)
+    return float(np.sum((now - ref) * np.log(now / ref)))
+
+
+def live_shift(bundle: Bundle, table: pa.Table, now: float | None = None) -> float:
+    """How far the bundle's CTRs move when the newest impressions are scored with the current
+    context instead of their own (PSI): a model that saw one context value in training and meets
+    another live can answer every candidate with the same saturated CTR."""
+    sample = table.slice(max(0, table.num_rows - 2000))
+    return psi(
+        predict_bundle(bundle, sample), predict_bundle(bundle, live_sample(sample, bundle.space.schema, now))
+    )
+
+
+@dataclass(frozen=True)
+class Margins:
+    """How much worse than the serving version the gate lets a new one be, on the newest slice."""
+
+    gauc: float = 0.002  # test GAUC drop
+    logloss: float = 0.01  # test logloss rise
+    calibration: float = 0.1  # rise of |mean predicted CTR / click rate - 1|
+    shift: float = 0.25  # the new version's own PSI between its test slice and the same rows now
+
+
 @dataclass(frozen=True)
 class GateResult:
     passed: bool
     candidate: dict[str, float]
     serving: dict[str, float] | None  # None on a first deployment
     reason: str
-
-    @property
-    def drop(self) -> float:
-        """How far the candidate's test GAUC is below the serving version's (0 when above)."""
-        return max(0.0, self.serving["gauc"] - self.candidate["gauc"]) if self.serving else 0.0
+    # The margins that would have let a refused candidate through, by option name (what to run to
+    # deploy it all the same).
+    needed: dict[str, float] = field(default_factory=dict)
 
 
-def gauc_gate(candidate: dict[str, float], serving: dict[str, float] | None, margin: float) -> GateResult:
-    """Passes unless the candidate's test GAUC is below the serving version's by more than ``margin``."""
+def judge(
+    candidate: dict[str, float], serving: dict[str, float] | None, shift: float, margins: Margins
+) -> GateResult:
+    """Passes unless the candidate is worse than the serving version by more than a margin in GAUC,
+    logloss or calibration, or its CTRs shift on the current context; the reason names each check."""
+    c, m = candidate, margins
+    said_shift = f"its CTRs shift on the current context (PSI {shift:.3f} > {m.shift})"
+    checks = [(shift, m.shift, "--shift-margin", said_shift)]
     if serving is None:
-        return GateResult(True, candidate, None, "no version is serving yet: nothing to compare against")
-    drop = serving["gauc"] - candidate["gauc"]
-    verdict = f"test GAUC {candidate['gauc']:.4f} vs serving {serving['gauc']:.4f} (margin {margin:.4f})"
-    return GateResult(drop <= margin, candidate, serving, verdict)
+        verdict = f"no version is serving yet; test GAUC {c['gauc']:.4f}, context shift PSI {shift:.3f}"
+    else:
+        s = serving
+        gauc = f"test GAUC {c['gauc']:.4f} vs serving {s['gauc']:.4f} (margin {m.gauc:.4f})"
+        logloss = f"logloss {c['logloss']:.4f} vs serving {s['logloss']:.4f} (margin {m.logloss})"
+        calibration = (
+            f"calibration {c['calibration']:.3f} vs serving {s['calibration']:.3f} (margin {m.calibration})"
+        )
+        verdict = f"{gauc}, {logloss}, {calibration}, context shift PSI {shift:.3f}"
+        worse_calibration = abs(c["calibration"] - 1) - abs(s["calibration"] - 1)
+        checks = [
+            (s["gauc"] - c["gauc"], m.gauc, "--gauc-margin", gauc),
+            (c["logloss"] - s["logloss"], m.logloss, "--logloss-margin", logloss),
+            (worse_calibration, m.calibration, "--calibration-margin", calibration),
+            *checks,
+        ]
+    failed = [(value, flag, said) for value, margin, flag, said in checks if value > margin]
+    needed = {flag: math.ceil(value * 1e4) / 1e4 for value, flag, _ in failed}
+    return GateResult(not failed, c, serving, "; ".join(said for _, _, said in failed) or verdict, needed)

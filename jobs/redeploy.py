@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -217,7 +216,7 @@ def train_and_export(a: argparse.Namespace, cfg: DINConfig, tc: TrainConfig) -> 
 
 def deploy(repo: ModelRepository, a: argparse.Namespace, cfg: DINConfig, tc: TrainConfig) -> str:
     from contracts.bundle import BundleError, load_bundle, session_options
-    from jobs.gate import evaluate_bundle, gauc_gate
+    from jobs.gate import Margins, evaluate_bundle, judge, live_shift
     from model.data import load_tables
 
     preflight(repo, a, tc)
@@ -245,10 +244,13 @@ def deploy(repo: ModelRepository, a: argparse.Namespace, cfg: DINConfig, tc: Tra
             print(f"      the serving version cannot be scored, so nothing to compare against: {e}")
     if serving_bundle is not None:
         serving = evaluate_bundle(serving_bundle, test)
-    gate = gauc_gate(evaluate_bundle(candidate, test), serving, a.gauc_margin)
+    margins = Margins(a.gauc_margin, a.logloss_margin, a.calibration_margin, a.shift_margin)
+    gate = judge(evaluate_bundle(candidate, test), serving, live_shift(candidate, test), margins)
     print(f"      {gate.reason}")
     if not gate.passed:
-        anyway = f"--bundle {staged} --gauc-margin {math.ceil(gate.drop * 1e4) / 1e4:.4f}"
+        anyway = " ".join(
+            [f"--bundle {staged}", *(f"{flag} {value:.4f}" for flag, value in gate.needed.items())]
+        )
         raise DeployError(
             f"gate refused {version}: {gate.reason}; still serving {serving_version} "
             f"(to deploy it all the same: {anyway})"
@@ -331,6 +333,19 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DINConfig, T
         "the run as `run`; --init-from serving finds it there)",
     )
     p.add_argument("--gauc-margin", type=float, default=0.002, help="allowed test GAUC drop vs serving")
+    p.add_argument("--logloss-margin", type=float, default=0.01, help="allowed test logloss rise vs serving")
+    p.add_argument(
+        "--calibration-margin",
+        type=float,
+        default=0.1,
+        help="allowed rise of |mean predicted CTR / click rate - 1| vs serving",
+    )
+    p.add_argument(
+        "--shift-margin",
+        type=float,
+        default=0.25,
+        help="allowed PSI of the new version's CTRs on the newest rows between their context and now's",
+    )
     p.add_argument("--parity-tolerance", type=float, default=1e-5, help="max ONNX vs torch error")
     p.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority (0 = keep)")
     p.add_argument("--keep", type=int, default=5, help="versions kept in the repository")
@@ -345,7 +360,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DINConfig, T
         p.error("--shadow and --salt go with --canary P")
     if a.canary is not None and a.rollback:
         p.error("--canary starts an experiment; --rollback ends deployments: one at a time")
-    if a.keep < 1 or a.verify_probes < 1 or a.gauc_margin < 0:
+    if a.keep < 1 or a.verify_probes < 1 or min(a.gauc_margin, a.logloss_margin, a.calibration_margin) < 0:
         p.error("--keep and --verify-probes must be >= 1 and --gauc-margin >= 0")
     if a.rollback and train_argv:
         p.error(f"--rollback takes no training options, got {' '.join(train_argv)}")

@@ -25,7 +25,11 @@ from contracts.keys import user_part
 from contracts.schema import CONTEXT_RANGES, MISSING_INT, MISSING_STR, PAD, FeatureSchema, FeatureSpace
 from model.din import Batch
 
-TIME_SPLIT = 0.1  # of an exported folder's samples, the newest validate and the newest after them test
+# Of an exported folder's samples, the newest test (the gate scores both versions there) and the
+# newest before them validate (the epoch, the calibration): small, so that a retrain learns from
+# nearly all of the newest day; at least HOLDOUT_ROWS each, so that the two slices judge something.
+TIME_SPLIT = 0.05
+HOLDOUT_ROWS = 1000
 CONTEXT_COLUMNS = tuple(CONTEXT_RANGES)  # recognised as context; other scalar columns are profile
 # What jobs.feedback exports besides the features: how each impression was served.
 SERVED_COLUMNS = (
@@ -288,11 +292,13 @@ def _user_keys(column: pa.ChunkedArray) -> pa.Array:
     return pa.array([None if v is None else user_part(v) for v in column.to_pylist()], pa.string())
 
 
-def time_split(table: pa.Table, valid: float, test: float) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Oldest rows train, the next ``valid`` share validates, the newest ``test`` share tests: a
-    model is judged on traffic newer than anything it learned from (the table is sorted by ts)."""
+def time_split(table: pa.Table, share: float, at_least: int = 0) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Oldest rows train, the next ``share`` validates, the newest ``share`` tests (each at least
+    ``at_least`` rows while a quarter of the rows are left to train on): a model is judged on traffic
+    newer than anything it learned from (the table is sorted by ts)."""
     n = table.num_rows
-    a, b = round(n * (1 - valid - test)), round(n * (1 - test))
+    held = max(round(n * share), min(at_least, n // 8))
+    a, b = n - 2 * held, n - held
     if not 0 < a < b < n:
         raise DataError(
             f"{n} exported samples are too few to split by time into train, validation and test; "
@@ -313,7 +319,7 @@ def load_tables(data: str, max_history: int, seed: int) -> Tables:
         return Tables(read_split(directory, "train"), read_split(directory, "test"), str(directory.resolve()))
     if is_feedback_dir(directory):
         notes: list[str] = []
-        fit, valid, test = time_split(read_feedback(directory, notes), TIME_SPLIT, TIME_SPLIT)
+        fit, valid, test = time_split(read_feedback(directory, notes), TIME_SPLIT, HOLDOUT_ROWS)
         return Tables(fit, test, f"{directory.resolve()} (served logs, split by time)", valid, notes)
     if logs.is_raw_log_dir(directory):
         train, test = logs.build_samples(directory, max_history=max_history, seed=seed)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from contracts.schema import N_RESERVED, PAD, FeatureSpace
+from contracts.schema import N_RESERVED, OOV, PAD, FeatureSpace
 from model.config import DINConfig
 
 
@@ -57,11 +57,34 @@ class Dice(nn.Module):
         return p * s + (1 - p) * self.alpha * s
 
 
+class InputNorm(nn.Module):
+    """BatchNorm over the dims ``[start, end)`` of the input, the others passed as they are."""
+
+    def __init__(self, start: int, end: int):
+        super().__init__()
+        self.start, self.end = start, end
+        self.norm = nn.BatchNorm1d(end - start)
+
+    def forward(self, x: Tensor) -> Tensor:
+        inner = self.norm(x[:, self.start : self.end])
+        return torch.cat([x[:, : self.start], inner, x[:, self.end :]], dim=1)
+
+
 class MLP(nn.Sequential):
     def __init__(
-        self, in_dim: int, hidden: tuple[int, ...], activation: str, cfg: DINConfig, input_norm: bool = False
+        self,
+        in_dim: int,
+        hidden: tuple[int, ...],
+        activation: str,
+        cfg: DINConfig,
+        input_norm: tuple[int, int] | None = None,
     ):
-        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim)] if input_norm else []
+        """``input_norm``: the span of input dims a BatchNorm normalises first, or None."""
+        layers: list[nn.Module] = []
+        if input_norm == (0, in_dim):
+            layers.append(nn.BatchNorm1d(in_dim))
+        elif input_norm is not None:
+            layers.append(InputNorm(*input_norm))
         for h in hidden:
             layers.append(nn.Linear(in_dim, h))
             if activation == "dice":
@@ -94,7 +117,18 @@ class DIN(nn.Module):
         self.behavior_dim = len(s.behavior) * d
         self.attention = MLP(4 * self.behavior_dim, cfg.attention_hidden, cfg.attention_activation, cfg)
         mlp_in = (len(s.profile) + len(s.context)) * d + 2 * self.behavior_dim
-        self.mlp = MLP(mlp_in, cfg.mlp_hidden, cfg.activation, cfg, cfg.input_norm)
+        # The MLP's input is [profile, user interest, candidate, context]; see DINConfig.norm_scope.
+        behaviors = (len(s.profile) * d, len(s.profile) * d + 2 * self.behavior_dim)
+        norm = None if not cfg.input_norm else behaviors if cfg.norm_scope == "behaviors" else (0, mlp_in)
+        self.mlp = MLP(mlp_in, cfg.mlp_hidden, cfg.activation, cfg, norm)
+        # The served CTR is sigmoid(scale * logit + bias): the identity until a run on served logs
+        # fits it (model.loop), so that the CTRs are the click rates they claim to be there.
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+
+    def calibrated(self, logit: Tensor) -> Tensor:
+        """The logit the served CTR is the sigmoid of."""
+        scale_bias = self.get_buffer("calibration")
+        return logit * scale_bias[0] + scale_bias[1]
 
     # -- embeddings ---------------------------------------------------------------------------
     def table(self, name: str) -> nn.Embedding:
@@ -162,7 +196,7 @@ class DIN(nn.Module):
         total = zero
         for name, ids in self._ids_by_feature(b).items():
             used = torch.unique(ids)
-            used = used[used != PAD]
+            used = used[used > OOV]  # padding, and "unknown", which stands for every id of its kind
             w = self.table(name).weight[used]  # [U, D]
             n = self.get_buffer(f"count_{name}")[used]  # [U]
             total = total + (w.square().sum(1) / n).sum()
@@ -228,9 +262,9 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str) -> Checkpoint:
         d = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(
-            DINConfig.from_dict(d["config"]), FeatureSpace.from_dict(d["space"]), d["state_dict"], d["extra"]
-        )
+        state = d["state_dict"]
+        state.setdefault("calibration", torch.tensor([1.0, 0.0]))  # runs from before calibration
+        return cls(DINConfig.from_dict(d["config"]), FeatureSpace.from_dict(d["space"]), state, d["extra"])
 
     @property
     def max_history(self) -> int:
@@ -251,7 +285,7 @@ def warm_start(start: Checkpoint, space: FeatureSpace) -> DIN:
     model = build_model(start.config, space)
     state = model.state_dict()
     for name, tensor in start.state_dict.items():
-        if name.startswith("count_"):
+        if name.startswith("count_") or name == "calibration":  # the new data's; fitted anew
             continue
         if name.startswith("embeddings.") and name.endswith(".weight"):
             feature = name.split(".")[1]

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from model.config import DINConfig, TrainConfig, world_size
 from model.data import split_by_user
-from model.din import Checkpoint, build_model
+from model.din import DIN, Checkpoint, build_model
 from model.evaluation import evaluate
 from model.loop import fit_epochs, fmt, save_run, train_epoch
 from model.sources import sources
@@ -89,11 +89,11 @@ def run_streaming(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
     schema = schema_of(train_src)
     users = users_of(train_src)
     valid_users = users[split_by_user(users, tc.valid_fraction, tc.seed)]
-    space = vocab_space(train_src, schema, exclude_users=valid_users)
+    space = vocab_space(train_src, schema, exclude_users=valid_users, min_count=tc.min_count)
     model: torch.nn.Module = build_model(cfg, space)
     if world > 1:
         model = DistributedDataParallel(model)
-    din = model.module if isinstance(model, DistributedDataParallel) else model
+    din = cast(DIN, model.module if isinstance(model, DistributedDataParallel) else model)
     per_rank = max(2, tc.batch_size // world)
     fit = ShuffledBatches(
         train_src,

@@ -1,4 +1,5 @@
-"""The DIN paper's metrics: AUC, GAUC (impression-weighted per-user AUC), logloss and RelaImpr."""
+"""The DIN paper's metrics (AUC, GAUC: the impression-weighted per-user AUC, logloss, RelaImpr),
+and calibration: whether the predicted CTRs are the click rates they claim to be."""
 
 from __future__ import annotations
 
@@ -48,5 +49,26 @@ def rela_impr(gauc_model: float, gauc_base: float) -> float:
     return ((gauc_model - 0.5) / (gauc_base - 0.5) - 1) * 100
 
 
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """``calibration``: the mean predicted CTR over the observed click rate (1 when calibrated);
+    ``ece``: the expected calibration error, sum over bins of equal size (by predicted CTR, as
+    CTRs crowd near 0) of the bin's share times |its mean prediction - its click rate|."""
+    labels, probs = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    observed = float(labels.mean()) if len(labels) else float("nan")
+    predicted = float(probs.mean()) if len(probs) else float("nan")
+    order = np.argsort(probs, kind="stable")
+    ece = 0.0
+    for part in np.array_split(order, min(bins, max(len(order), 1))):
+        if len(part):
+            ece += len(part) / len(order) * abs(probs[part].mean() - labels[part].mean())
+    ratio = predicted / observed if observed > 0 else float("inf")
+    return {"mean_ctr": predicted, "click_rate": observed, "calibration": ratio, "ece": float(ece)}
+
+
 def evaluate(users: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    return {"auc": auc(labels, probs), "gauc": gauc(users, labels, probs), "logloss": logloss(labels, probs)}
+    return {
+        "auc": auc(labels, probs),
+        "gauc": gauc(users, labels, probs),
+        "logloss": logloss(labels, probs),
+        **calibration(labels, probs),
+    }

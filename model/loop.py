@@ -20,10 +20,11 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from contracts.cli import DataError
-from contracts.schema import FeatureSchema, FeatureSpace, SchemaFit
+from contracts.schema import OOV, PAD, FeatureSchema, FeatureSpace, SchemaFit
 from model.config import DINConfig, TrainConfig, data_arg
 from model.data import (
     Samples,
@@ -42,7 +43,7 @@ def predict(model: DIN, samples: Samples, batch_size: int = 8192) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for batch, _ in samples.batches(batch_size):
-            out.append(torch.sigmoid(model(batch)).numpy())
+            out.append(torch.sigmoid(model.calibrated(model(batch))).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -64,6 +65,8 @@ def train_epoch(
     for batch, label in bar:
         if len(label) < 2:  # a lone leftover sample has no batch statistics (BatchNorm, Dice)
             continue
+        if tc.id_dropout > 0:
+            batch = drop_ids(batch, tc.id_dropout)
         loss = F.binary_cross_entropy_with_logits(model(batch), label)
         opt.zero_grad(set_to_none=True)
         (loss + din.regularization(batch)).backward()
@@ -74,6 +77,31 @@ def train_epoch(
         seen += len(label)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     return total_loss / max(seen, 1), seen
+
+
+def fit_calibration(model: DIN, valid: Samples) -> tuple[float, float] | None:
+    """Platt scaling: the scale and bias of the logit that make sigmoid(scale * logit + bias) fit
+    the validation slice's clicks best (logloss); set on the model, so its bundle serves them.
+    None (and the model left as it was) when the slice does not hold both labels."""
+    if len(np.unique(valid.label)) < 2:
+        return None
+    model.eval()
+    with torch.inference_mode():
+        logits = np.concatenate([model(batch).numpy() for batch, _ in valid.batches(8192)])
+    fitted = LogisticRegression(C=1e6).fit(logits[:, None].astype(np.float64), valid.label)
+    scale, bias = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
+    model.get_buffer("calibration").copy_(torch.tensor([scale, bias]))
+    return scale, bias
+
+
+def drop_ids(b: Batch, p: float) -> Batch:
+    """Each real id replaced by "unknown" with probability ``p`` (padding stays padding)."""
+
+    def drop(x: torch.Tensor) -> torch.Tensor:
+        hit = (torch.rand(x.shape) < p) & (x != PAD)
+        return torch.where(hit, torch.full_like(x, OOV), x)
+
+    return Batch(drop(b.profile), drop(b.context), drop(b.candidate), drop(b.history), b.history_len)
 
 
 def run_in_memory(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
@@ -102,7 +130,7 @@ def run_in_memory(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
         model = warm_start(start, space)
         print(f"warm start from {tc.init_from} ({cfg.model}; its architecture and features, new ids added)")
     else:
-        space = FeatureSpace.build(schema, vocab_columns(fit_table, schema))
+        space = FeatureSpace.build(schema, vocab_columns(fit_table, schema), tc.min_count)
         model = build_model(cfg, space)
     fit, valid, test = (encode(t, space, tc.max_history) for t in (fit_table, valid_table, tables.test))
     print(
@@ -118,9 +146,19 @@ def run_in_memory(cfg: DINConfig, tc: TrainConfig) -> dict[str, Any]:
         lambda epoch: train_epoch(model, opt, fit.batches(tc.batch_size, rng), steps, tc, f"epoch {epoch}"),
         lambda: evaluate(valid.user, valid.label, predict(model, valid)),
     )
+    calibration = fit_calibration(model, valid) if tables.valid is not None else None
+    if calibration is not None:  # served logs: the CTRs made the click rates they claim to be
+        scale, bias = calibration
+        print(f"calibration fitted on the validation slice: scale {scale:.3f}, bias {bias:.3f}")
+    else:
+        print("CTRs not calibrated to served traffic (the data are not served logs)")
     test_metrics = evaluate(test.user, test.label, predict(model, test))
     print(f"best epoch {fitted.best_epoch}; test " + fmt(test_metrics))
     result = fitted.result(tables.source, test_metrics, cfg, tc, processes=1)
+    result["calibration"] = {
+        "fitted_on": "validation slice" if calibration else None,
+        "scale_bias": calibration,
+    }
     save_run(out, Checkpoint(cfg, space, model.state_dict()), tc, result, f"{cfg.model} on {tables.source}")
     return result
 
@@ -240,4 +278,5 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def fmt(m: dict[str, float]) -> str:
-    return f"AUC {m['auc']:.4f} GAUC {m['gauc']:.4f} logloss {m['logloss']:.4f}"
+    calibration = f" calibration {m['calibration']:.3f} ECE {m['ece']:.4f}" if "ece" in m else ""
+    return f"AUC {m['auc']:.4f} GAUC {m['gauc']:.4f} logloss {m['logloss']:.4f}" + calibration

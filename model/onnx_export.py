@@ -79,7 +79,7 @@ def reference(model: DIN, x: ServingInputs) -> tuple[np.ndarray, np.ndarray]:
     """CTR and attention [N, L] from the torch training graph, on tiled inputs."""
     b = tile(x)
     with torch.inference_mode():
-        ctr = torch.sigmoid(model(b))
+        ctr = torch.sigmoid(model.calibrated(model(b)))
         n, width = b.history.shape[:2]
         mask = torch.arange(width) < b.history_len.unsqueeze(1)
         rows, cols = mask.nonzero(as_tuple=True)
@@ -141,12 +141,16 @@ def default_cache() -> Path | None:
     return home / "din-serve" / "onnx"
 
 
+GRAPH_VERSION = 2  # the serving graph's own code: 2 calibrates the CTR
+
+
 def graph_key(model: DIN, opset: int) -> str:
     """What the traced graph depends on: the architecture, the feature fields, the opset and the
     exporter. Not the weights, nor the vocabulary sizes (the tables are gathered from, whatever
     their length)."""
     what = {"model": model.cfg.to_dict(), "schema": model.schema.to_dict(), "kind": type(model).__name__,
-            "opset": opset, "torch": torch.__version__, "onnxscript": onnxscript.__version__}  # fmt: skip
+            "opset": opset, "torch": torch.__version__, "onnxscript": onnxscript.__version__,
+            "graph": GRAPH_VERSION}  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 

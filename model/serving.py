@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contracts.feeds import Inputs
-from model.din import DIN, MLP, BaseModel, Dice, pooling_weights
+from model.din import DIN, MLP, BaseModel, Dice, InputNorm, pooling_weights
 
 ServingInputs = Inputs[Tensor]  # the serving contract (contracts.feeds) as torch tensors, for export
 
@@ -107,9 +107,9 @@ def frozen(mlp: MLP) -> nn.Sequential:
     [1, H, rows]: units on dim 1, as BatchNormalization wants them), and an input BatchNorm folded
     into the first Linear."""
     layers = list(mlp)
-    if isinstance(layers[0], nn.BatchNorm1d):
+    if isinstance(layers[0], nn.BatchNorm1d | InputNorm):
         norm, first = layers.pop(0), layers.pop(0)
-        assert isinstance(norm, nn.BatchNorm1d) and isinstance(first, nn.Linear)
+        assert isinstance(norm, nn.BatchNorm1d | InputNorm) and isinstance(first, nn.Linear)
         layers.insert(0, fold_norm_into_linear(norm, first))
 
     def fast(m: nn.Module) -> nn.Module:
@@ -120,13 +120,19 @@ def frozen(mlp: MLP) -> nn.Sequential:
     return nn.Sequential(*(fast(m) for m in layers))
 
 
-def fold_norm_into_linear(norm: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
-    """W·(g⊙x + c) + b = (W·diag(g))·x + (W·c + b), with eval-mode BatchNorm as g⊙x + c."""
-    assert norm.running_mean is not None and norm.running_var is not None
-    g = torch.rsqrt(norm.running_var + norm.eps)
-    c = -norm.running_mean * g
-    if norm.affine:
-        g, c = g * norm.weight.detach(), c * norm.weight.detach() + norm.bias.detach()
+def fold_norm_into_linear(norm: nn.BatchNorm1d | InputNorm, linear: nn.Linear) -> nn.Linear:
+    """W·(g⊙x + c) + b = (W·diag(g))·x + (W·c + b), with eval-mode BatchNorm as g⊙x + c (g = 1 and
+    c = 0 on the dims an InputNorm passes as they are)."""
+    bn = norm.norm if isinstance(norm, InputNorm) else norm
+    assert bn.running_mean is not None and bn.running_var is not None
+    g = torch.rsqrt(bn.running_var + bn.eps)
+    c = -bn.running_mean * g
+    if bn.affine:
+        g, c = g * bn.weight.detach(), c * bn.weight.detach() + bn.bias.detach()
+    if isinstance(norm, InputNorm):
+        ones, zeros = torch.ones(linear.in_features), torch.zeros(linear.in_features)
+        g = torch.cat([ones[: norm.start], g, ones[norm.end :]])
+        c = torch.cat([zeros[: norm.start], c, zeros[norm.end :]])
     folded = nn.Linear(linear.in_features, linear.out_features)
     with torch.no_grad():
         folded.weight.copy_(linear.weight * g)
@@ -191,7 +197,7 @@ class ServingGraph(nn.Module):
             ],
             dim=1,
         )
-        return torch.sigmoid(self.mlp(x).squeeze(1)), weight
+        return torch.sigmoid(self.model.calibrated(self.mlp(x).squeeze(1))), weight
 
     def pool(
         self, e: Tensor, mask: Tensor, history_len: Tensor, request_index: Tensor

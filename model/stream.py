@@ -28,7 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from contracts.schema import FeatureSchema, FeatureSpace, Vocab
 from model.data import Samples, encode, infer_schema, vocab_columns
-from model.din import Batch
+from model.din import DIN, Batch
 from model.sources import files
 
 CHUNK_ROWS = 16_384
@@ -98,7 +98,7 @@ class _Counts:
 
 
 def vocab_space(
-    source: str | Path, schema: FeatureSchema, exclude_users: np.ndarray | None = None
+    source: str | Path, schema: FeatureSchema, exclude_users: np.ndarray | None = None, min_count: int = 1
 ) -> FeatureSpace:
     """The vocabularies ``FeatureSpace.build`` makes from the whole table, in one pass over it,
     leaving out the rows of ``exclude_users`` (the validation users)."""
@@ -109,7 +109,8 @@ def vocab_space(
     vocabs = {}
     for n, c in counts.items():
         keys = c.keys if c.keys is not None else np.zeros(0, dtype=np.int64)
-        vocabs[n] = Vocab(keys=keys, counts=np.concatenate([[0, 0], c.counts]).astype(np.int64))
+        kept = c.counts >= min_count if len(c.counts) else np.zeros(0, dtype=bool)
+        vocabs[n] = Vocab(keys=keys[kept], counts=np.concatenate([[0, 0], c.counts[kept]]).astype(np.int64))
     return FeatureSpace(schema, vocabs)
 
 
@@ -206,7 +207,7 @@ def concat(a: Samples, b: Samples) -> Samples:
 
 
 def predict_stream(
-    model: torch.nn.Module,
+    model: DIN,
     tables: Iterator[pa.Table],
     space: FeatureSpace,
     max_history: int,
@@ -219,7 +220,7 @@ def predict_stream(
         for table in tables:
             s = encode(table, space, max_history)
             for batch, label in s.batches(batch_size):
-                preds.append(torch.sigmoid(model(batch)).numpy())
+                preds.append(torch.sigmoid(model.calibrated(model(batch))).numpy())
                 labels.append(label.numpy())
             users.append(s.user)
     if not preds:

@@ -13,7 +13,6 @@ each vocabulary's vectorised ``searchsorted`` (``contracts.schema.Vocab.encode``
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,12 +70,6 @@ class ScoreInput:
     rows: list[dict[str, Any]]
     encoded: np.ndarray  # [N, F] int64
     ignored: list[str]  # "user.<key>", "context.<key>"
-
-
-def default_context(now: float | None = None) -> dict[str, int]:
-    """Context derived from the request time (UTC), for models that use hour and weekday."""
-    t = time.gmtime(now if now is not None else time.time())
-    return {"hour": t.tm_hour, "weekday": t.tm_wday}
 
 
 class Features:

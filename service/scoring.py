@@ -17,9 +17,10 @@ from opentelemetry.trace import Tracer, get_current_span
 
 from contracts.feeds import Feeds
 from contracts.ids import RawId
+from contracts.schema import current_context
 from service.deadline import Deadline
 from service.explore import explore
-from service.features import default_context, leave_one_out
+from service.features import leave_one_out
 from service.payloads import ScoreRequest
 from service.runner import ModelRunner
 from service.services import Services
@@ -58,7 +59,7 @@ async def score(
         metrics.degraded.inc()
     history = state.history if state else []
     profile = req.user if req.user is not None else (state.profile if state else {})
-    context = {**default_context(), **(req.context or {})}
+    context = {**current_context(), **(req.context or {})}
     body: dict[str, Any] = {
         "request_id": request_id,
         "model_version": runner.version,

@@ -35,7 +35,7 @@ import pytest
 
 from devtools.liveserver import free_port, wait_ready
 from tests.conftest import SHARED_DATA
-from tests.helpers import REDIS_URL, redis_prefix
+from tests.helpers import ANY_VERDICT, REDIS_URL, redis_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -233,7 +233,7 @@ def test_the_readme_walked_from_the_quickstart_to_the_end_of_a_canary(quickstart
 
     # Retrain from the logs, fine-tuning the serving run. The gate's verdict on a few thousand
     # random clicks is noise, so it is told to pass: the journey is what is tested here.
-    out = walk.run(readme_command("scripts/redeploy.py", "--init-from"), "--gauc-margin", "1")
+    out = walk.run(readme_command("scripts/redeploy.py", "--init-from"), *ANY_VERDICT)
     assert "warm start from" in out
     third = walk.serving()["version"]
     assert third not in (first, second)
@@ -242,7 +242,7 @@ def test_the_readme_walked_from_the_quickstart_to_the_end_of_a_canary(quickstart
     )
 
     # A canary on the logs, its status, and its end.
-    walk.run(readme_command("scripts/redeploy.py", "--canary"), "--gauc-margin", "1")
+    walk.run(readme_command("scripts/redeploy.py", "--canary"), *ANY_VERDICT)
     canary = walk.serving()["canary"]["version"]
     traffic(walk, range(2000, 2040), seed=3)
     out = walk.run(readme_command("scripts/experiment.py", "status"))

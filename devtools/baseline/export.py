@@ -35,7 +35,9 @@ class TiledTrainingGraph(torch.nn.Module):
     def forward(
         self, profile: Tensor, context: Tensor, candidate: Tensor, history: Tensor, history_len: Tensor
     ) -> Tensor:
-        return torch.sigmoid(self.model(Batch(profile, context, candidate, history, history_len)))
+        return torch.sigmoid(
+            self.model.calibrated(self.model(Batch(profile, context, candidate, history, history_len)))
+        )
 
 
 def export_tiled(model: DIN, path: Path) -> None:

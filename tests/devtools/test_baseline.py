@@ -13,10 +13,11 @@ import redis
 
 from contracts.bundle import load_bundle
 from contracts.keys import Keys, encode_profile, encode_value
+from contracts.schema import current_context
 from devtools.baseline import SERVE_COMMAND
 from devtools.baseline.export import export_baseline
 from devtools.liveserver import start_server, stop_server
-from service.features import Features, default_context
+from service.features import Features
 from tests.helpers import REDIS_URL, redis_prefix
 
 pytestmark = pytest.mark.slow
@@ -54,9 +55,9 @@ def test_baseline_ranks_with_the_ctrs_of_the_serving_graph(trained, tmp_path):
         server, url = start_server(os.environ | env, command=SERVE_COMMAND)
         try:
             for _ in range(3):  # the context is the clock's hour: ask again if it turned meanwhile
-                before = default_context()
+                before = current_context()
                 answer = post(url + "/score", {"user_id": 7, "candidates": candidates, "top_k": 25})
-                if default_context() == before:
+                if current_context() == before:
                     break
         finally:
             stop_server(server)

@@ -25,7 +25,7 @@ import pytest
 from contracts.bundle import MANIFEST_FILE
 from contracts.repository import ModelRepository
 from devtools.liveserver import ROOT, start_server, stop_server
-from tests.helpers import REDIS_URL, drop_a_context_feature, flip_a_byte, redis_prefix
+from tests.helpers import ANY_VERDICT, REDIS_URL, drop_a_context_feature, flip_a_byte, redis_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -183,9 +183,9 @@ def test_the_gate_refuses_a_worse_model_and_the_old_one_keeps_serving(deployment
     assert "[4/7]" not in done.stdout  # never published
     assert "test-worse" not in deployment.repo.versions() and deployment.repo.current() == "test-v2"
     assert serving_versions(deployment.url) == {"test-v2"}
-    anyway = re.search(r"to deploy it all the same: --bundle (\S+) --gauc-margin ([\d.]+)\)", done.stderr)
+    anyway = re.search(r"to deploy it all the same: (--bundle \S+(?: --[a-z-]+ [\d.]+)+)\)", done.stderr)
     assert anyway is not None, done.stderr  # the refusal says what to run instead, and it works
-    forced = redeploy(deployment, "--bundle", anyway.group(1), "--gauc-margin", anyway.group(2), *TRAIN)
+    forced = redeploy(deployment, *anyway.group(1).split(), *TRAIN)
     assert forced.returncode == 0, forced.stderr
     assert serving_versions(deployment.url) == {"test-worse"}
 
@@ -317,9 +317,9 @@ def test_redeploy_on_served_logs_warm_starts_and_gates_on_the_newest_slice(train
         "--max-history",
         "20",
     ]
-    args += ["--epochs", "1", "--gauc-margin", "1"]  # the mechanics, not the verdict
+    args += ["--epochs", "1", *ANY_VERDICT]  # the mechanics, not the verdict
     args += ["--version", "d2", "--data", str(tmp_path / "day"), "--init-from", str(trained[0].parent)]
     assert redeploy(args) == 0
     out = capsys.readouterr().out
-    assert "newest 420 samples by time" in out and "current -> d2 (was test-v1)" in out, out
+    assert "newest 525 samples by time" in out and "current -> d2 (was test-v1)" in out, out  # 4,200 / 8
     assert repo.current() == "d2"

@@ -17,7 +17,7 @@ from contracts.repository import ModelRepository
 from jobs.feedback import Exporter
 from jobs.redeploy import main as redeploy
 from model.synthetic import SyntheticSpec, generate
-from tests.helpers import REDIS_URL, redis_prefix
+from tests.helpers import ANY_VERDICT, REDIS_URL, redis_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_CHECK = """
@@ -86,7 +86,7 @@ def test_data_without_the_serving_versions_features_is_said_and_gated_with_them_
     repo, behaviours_only, tmp_path, capsys
 ):
     args = ["--data", str(behaviours_only), "--epochs", "1", "--max-history", "20", "--version", "b1"]
-    args += ["--gauc-margin", "1"]  # the serving model, scored without its profile and context, wins
+    args += ANY_VERDICT  # the serving model, scored without its profile and context, wins
     assert deploy(repo, tmp_path, *args) == 0
     out = capsys.readouterr().out
     assert "it takes ['age', 'gender', 'hour', 'weekday'], which --data lacks: scored as missing" in out

@@ -5,7 +5,7 @@ import torch
 
 from contracts.schema import FeatureSpace
 from model.config import DINConfig
-from model.din import BaseModel, Batch, Checkpoint, Dice, build_model
+from model.din import BaseModel, Batch, Checkpoint, Dice, InputNorm, build_model
 from tests.model.conftest import random_batch
 
 
@@ -167,16 +167,21 @@ def test_each_mlp_gets_its_own_activation_and_the_final_one_a_batchnorm_input(sp
     model = build_model(DINConfig(activation="dice", attention_activation="prelu"), space)
     assert any(isinstance(m, torch.nn.PReLU) for m in model.attention)
     assert not any(isinstance(m, Dice) for m in model.attention)
-    assert isinstance(model.mlp[0], torch.nn.BatchNorm1d) and any(isinstance(m, Dice) for m in model.mlp)
+    # The input norm over the behaviours: the profile and context embeddings pass as they are.
+    norm = model.mlp[0]
+    assert isinstance(norm, InputNorm) and any(isinstance(m, Dice) for m in model.mlp)
+    d, fd = 32, 2 * 32
+    assert (norm.start, norm.end) == (2 * d, 2 * d + 2 * fd)  # space: profile age and gender
+    assert isinstance(build_model(DINConfig(norm_scope="all"), space).mlp[0], torch.nn.BatchNorm1d)
     plain = build_model(DINConfig(input_norm=False), space)
     assert isinstance(plain.mlp[0], torch.nn.Linear)
 
 
 def test_a_config_saved_before_per_mlp_activations_reloads_as_it_was_trained():
     old = DINConfig().to_dict()
-    del old["attention_activation"], old["input_norm"]
+    del old["attention_activation"], old["input_norm"], old["norm_scope"]
     cfg = DINConfig.from_dict(old | {"activation": "dice"})
-    assert cfg.attention_activation == "dice" and cfg.input_norm is False
+    assert cfg.attention_activation == "dice" and cfg.input_norm is False and cfg.norm_scope == "all"
 
 
 def test_a_warm_start_keeps_each_known_ids_embedding_and_every_other_weight(space: FeatureSpace):

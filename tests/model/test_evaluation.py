@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from model.evaluation import evaluate, gauc, logloss, rela_impr
+from model.evaluation import calibration, evaluate, gauc, logloss, rela_impr
 
 
 def test_gauc_equals_hand_computed_value_and_skips_single_class_users():
@@ -40,10 +40,23 @@ def test_logloss_and_rela_impr_match_their_formulas():
     assert rela_impr(0.8818, 0.8624) == pytest.approx(5.35, abs=0.01)
 
 
-def test_evaluate_reports_auc_gauc_and_logloss():
-    m = evaluate(np.array([1, 1, 2, 2]), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.6]))
+def test_evaluate_reports_auc_gauc_logloss_and_calibration():
+    labels, probs = np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.6])
+    m = evaluate(np.array([1, 1, 2, 2]), labels, probs)
     assert m == {
         "auc": 0.75,
         "gauc": 0.5,
-        "logloss": pytest.approx(logloss(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.6]))),
+        "logloss": pytest.approx(logloss(labels, probs)),
+        **calibration(labels, probs),
     }
+
+
+def test_calibration_equals_a_hand_computation_in_equal_bins():
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9])
+    got = calibration(labels, probs, bins=3)  # bins of 2 by predicted CTR
+    ece = (abs(0.15 - 0.0) + abs(0.35 - 0.5) + abs(0.7 - 1.0)) / 3
+    assert got["ece"] == pytest.approx(ece, abs=1e-12)
+    assert got["calibration"] == pytest.approx(np.mean(probs) / 0.5, abs=1e-12)
+    assert (got["mean_ctr"], got["click_rate"]) == (pytest.approx(0.4), 0.5)
+    assert calibration(labels, labels * 0.999 + 0.0005)["ece"] < 0.001  # right on every row

@@ -141,3 +141,19 @@ def test_input_norm_folded_into_the_first_linear_gives_the_same_outputs(affine):
         got = fold_norm_into_linear(norm, linear)(x)
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(want, linear(x), atol=1e-2)  # the norm does change the output
+
+
+def test_an_input_norm_of_some_dims_folds_into_the_first_linear_and_passes_the_others():
+    from model.din import InputNorm
+
+    torch.manual_seed(0)
+    norm, linear = InputNorm(2, 5), torch.nn.Linear(7, 4)
+    norm.train()
+    norm(torch.randn(64, 7) * 3 + 2)
+    norm.eval()
+    x = torch.randn(32, 7) * 3 + 2
+    with torch.no_grad():
+        want = linear(norm(x))
+        got = fold_norm_into_linear(norm, linear)(x)
+        assert torch.equal(norm(x)[:, :2], x[:, :2]) and torch.equal(norm(x)[:, 5:], x[:, 5:])
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-5)
