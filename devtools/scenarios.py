@@ -21,6 +21,7 @@ from devtools.harness import ADMIN_TOKEN, HISTORY, PREFIX, Suite, fmt, host_of, 
 from devtools.liveserver import ROOT
 from devtools.loadgen import Answer, Run, _Connection, open_loop, pct, post, run_load
 from devtools.rawfuzz import run_raw_fuzz
+from devtools.stack import ANY_VERDICT
 from model.onnx_export import export_bundle
 
 TARGETS = {
@@ -139,7 +140,7 @@ def redeploy(suite: Suite, scale: float) -> dict[str, Any]:
     seconds = max(20 * scale, 8.0)
     cmd = [sys.executable, "scripts/redeploy.py", "--models", str(suite.repo.root), "--bundle", str(v2)]
     cmd += ["--admin-token", ADMIN_TOKEN, "--data", "synthetic", "--max-history", str(HISTORY)]
-    cmd += ["--gauc-margin", "1", "--work", str(suite.workdir / "redeploy")]
+    cmd += [*ANY_VERDICT, "--work", str(suite.workdir / "redeploy")]
 
     async def scenario(url: str, rate: float) -> tuple[Run, float, int]:
         stop = asyncio.Event()
@@ -186,7 +187,7 @@ def canary(suite: Suite, scale: float) -> dict[str, Any]:
     pause = max(5 * scale, 2.0)
     rollout = ["--models", str(suite.repo.root), "--admin-token", ADMIN_TOKEN]
     redeploy = [sys.executable, "scripts/redeploy.py", *rollout, "--data", "synthetic", "--canary", "50",
-                "--max-history", str(HISTORY), "--gauc-margin", "1",
+                "--max-history", str(HISTORY), *ANY_VERDICT,
                 "--work", str(suite.workdir / "redeploy")]  # fmt: skip
     experiment = [sys.executable, "scripts/experiment.py"]
     steps = [("start", [*redeploy, "--bundle", str(suite.workdir / names[0])]),

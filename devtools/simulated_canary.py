@@ -12,7 +12,7 @@ deployed. Each canary is started as a user starts one, with ``scripts/redeploy.p
 
 - better: trained on all of the logs (the gate passes it);
 - broken: trained from scratch on the logs with their labels shuffled; the gate would refuse it,
-  so ``--gauc-margin 1`` lets it through, as a gate scored on a stale or wrong test set would;
+  so ``ANY_VERDICT`` lets it through, as a gate scored on a stale or wrong test set would;
 - identical: the stable version's own checkpoint, exported under a new name.
 
 Then ``experiment.py status --auto`` looks every ``--interval`` seconds while users visit at
@@ -40,6 +40,7 @@ from contracts.canary import Canary
 from contracts.repository import ModelRepository
 from devtools.liveserver import ROOT
 from devtools.simworld import USER_BASE, Simulation, Visit, run_cmd, visit
+from devtools.stack import ANY_VERDICT
 from model.data import FEEDBACK_COMMITS, read_feedback
 from model.onnx_export import export_bundle
 
@@ -122,9 +123,7 @@ class Lab:
         oldest = derive_logs(
             s.logs, s.work / "logs-stable", logs.slice(0, round(logs.num_rows * a.stable_share))
         )
-        if not self.redeploy(
-            "stable", ["--data", str(oldest), "--init-from", str(self.cold), "--gauc-margin", "1"]
-        ):
+        if not self.redeploy("stable", ["--data", str(oldest), "--init-from", str(self.cold), *ANY_VERDICT]):
             raise SystemExit(f"the stable version failed to deploy; see {self.stack.log}")
         print(
             f"stable: trained on the oldest {a.stable_share:.0%} of {logs.num_rows} logged impressions",
@@ -135,6 +134,7 @@ class Lab:
         """scripts/redeploy.py; False when it refused (the gate) or rolled back."""
         cmd = [
             *self.stack.redeploy,
+            *self.stack.train,
             *(["--version", version] if version else []),
             *args,
             *self.stack.instance(),
@@ -151,7 +151,7 @@ class Lab:
             started = self.redeploy(version, ["--data", str(s.logs), "--init-from", str(self.cold), *canary])
         elif kind == "broken":
             noise = derive_logs(s.logs, s.work / f"logs-{version}", shuffled(self.logs, rep))
-            started = self.redeploy(version, ["--data", str(noise), "--gauc-margin", "1", *canary])
+            started = self.redeploy(version, ["--data", str(noise), *ANY_VERDICT, *canary])
         else:
             bundle = s.work / "bundles" / version
             export_bundle(s.runs / "stable" / "run" / "ckpt.pt", bundle, version=version)

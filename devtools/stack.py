@@ -23,6 +23,20 @@ from devtools.benchutil import delete_prefix
 from devtools.liveserver import free_port, start_server, stop_server
 from jobs.load_behaviors import Log, load, read_log
 
+# redeploy's options that let any new version through its gate: for runs about the mechanics
+# around it (a scenario under load, a canary meant to be judged online, a test on data too small
+# for the verdict to mean anything), never for the loop itself.
+ANY_VERDICT = (
+    "--gauc-margin",
+    "1",
+    "--logloss-margin",
+    "100",
+    "--calibration-margin",
+    "100",
+    "--shift-margin",
+    "1e9",
+)
+
 
 class RedisServer:
     """A redis-server of our own on a spare port, which a scenario may kill and restart; durable, it

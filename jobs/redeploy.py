@@ -343,7 +343,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DINConfig, T
     p.add_argument(
         "--shift-margin",
         type=float,
-        default=0.25,
+        default=1.0,
         help="allowed PSI of the new version's CTRs on the newest rows between their context and now's",
     )
     p.add_argument("--parity-tolerance", type=float, default=1e-5, help="max ONNX vs torch error")

@@ -112,6 +112,14 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        # Over the impressions served, the clicks this predicts: its rate over din_clicks_total's is
+        # the predicted CTR over the realized one (calibration), per version.
+        self.predicted_clicks = Counter(
+            "din_predicted_clicks",
+            "Sum of the CTRs /score served with its items, by the version that ranked them",
+            ["version"],
+            registry=r,
+        )
         self.clicks = Counter(
             "din_clicks",
             "Events naming a request_id, by the arm the user is in now (the version serving them)",

@@ -101,6 +101,7 @@ async def score(
         await _explain(items, history, feeds, checked.encoded[order], served_ctr, attention[order], runner,
                        settings.explain_top)  # fmt: skip
     metrics.served.labels(version=runner.version).inc(len(items))
+    metrics.predicted_clicks.labels(version=runner.version).inc(float(served_ctr.sum()))
     if shadow is not None:
         answer = {"request_id": request_id, "user_id": req.user_id, "model_version": runner.version,
                   "history": history, "profile": profile, "context": context, "ctr": served_ctr}  # fmt: skip

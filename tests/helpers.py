@@ -18,18 +18,6 @@ from contracts.keys import Keys, encode_feedback
 from jobs.feedback import Exporter
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # tests' own DB; every test writes under its own prefix
-# redeploy's options that let any new version through its gate: for tests of the mechanics around
-# it, on data too small for its verdict to mean anything.
-ANY_VERDICT = (
-    "--gauc-margin",
-    "1",
-    "--logloss-margin",
-    "100",
-    "--calibration-margin",
-    "100",
-    "--shift-margin",
-    "1e9",
-)
 
 
 def stored_keys(prefix: str) -> list[bytes]:

@@ -34,8 +34,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from devtools.liveserver import free_port, wait_ready
+from devtools.stack import ANY_VERDICT
 from tests.conftest import SHARED_DATA
-from tests.helpers import ANY_VERDICT, REDIS_URL, redis_prefix
+from tests.helpers import REDIS_URL, redis_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -27,8 +27,10 @@ def test_the_quick_simulation_serves_exports_and_redeploys_every_day(tmp_path):
     for d in days:
         assert d["impressions"] == 150 * 2 * 5 and 0 <= d["clicks"] <= d["impressions"]
         assert d["ctr"] == d["clicks"] / d["impressions"]
-        assert d["oracle_ctr"] > d["random_ctr"] > 0  # the same slates, ranked by the truth or at random
-        assert 0 <= d["gauc"] <= 1
+        # The same slates, ranked by the truth, by what the service could know, or at random.
+        assert d["oracle_ctr"] >= d["reachable_ctr"] > d["random_ctr"] > 0
+        assert 0 <= d["gauc"] <= 1 and d["calibration"] == d["served_ctr"] / d["ctr"]
+    assert "yardstick_ctr" not in days[0] and 0 < days[1]["yardstick_ctr"] <= days[1]["oracle_ctr"]
     assert (tmp_path / "simulate.png").stat().st_size > 0
 
 

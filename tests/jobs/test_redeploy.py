@@ -25,7 +25,8 @@ import pytest
 from contracts.bundle import MANIFEST_FILE
 from contracts.repository import ModelRepository
 from devtools.liveserver import ROOT, start_server, stop_server
-from tests.helpers import ANY_VERDICT, REDIS_URL, drop_a_context_feature, flip_a_byte, redis_prefix
+from devtools.stack import ANY_VERDICT
+from tests.helpers import REDIS_URL, drop_a_context_feature, flip_a_byte, redis_prefix
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,11 @@ import pytest
 
 from contracts.keys import Keys
 from contracts.repository import ModelRepository
+from devtools.stack import ANY_VERDICT
 from jobs.feedback import Exporter
 from jobs.redeploy import main as redeploy
 from model.synthetic import SyntheticSpec, generate
-from tests.helpers import ANY_VERDICT, REDIS_URL, redis_prefix
+from tests.helpers import REDIS_URL, redis_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_CHECK = """
