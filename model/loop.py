@@ -88,10 +88,28 @@ def fit_calibration(model: DIN, valid: Samples) -> tuple[float, float] | None:
     model.eval()
     with torch.inference_mode():
         logits = np.concatenate([model(batch).numpy() for batch, _ in valid.batches(8192)])
-    fitted = LogisticRegression(C=1e6).fit(logits[:, None].astype(np.float64), valid.label)
+    x = logits.astype(np.float64)
+    fitted = LogisticRegression(C=1e6).fit(x[:, None], valid.label)
     scale, bias = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
+    if not scale > 0:
+        # A slice too small or too noisy to rank on would turn the ranking upside down; move only
+        # the level of the CTRs then, and keep the trained order.
+        scale, bias = 1.0, level_shift(x, valid.label)
     model.get_buffer("calibration").copy_(torch.tensor([scale, bias]))
     return scale, bias
+
+
+def level_shift(logits: np.ndarray, label: np.ndarray) -> float:
+    """The bias b that makes sigmoid(logit + b) fit the labels best (logloss): the mean predicted
+    CTR equals the observed one, found by Newton's method on the concave log-likelihood."""
+    b = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(logits + b)))
+        step = float((label - p).sum() / max((p * (1 - p)).sum(), 1e-12))
+        b += step
+        if abs(step) < 1e-10:
+            break
+    return b
 
 
 def drop_ids(b: Batch, p: float) -> Batch:
