@@ -128,6 +128,7 @@ def encode_profile(fields: Mapping[str, Any]) -> Mapping[Any, bytes]:  # Any: re
 # record is one /score answer, its features exactly as scored, the served items as columns in rank
 # order (rank = position + 1):
 #   {"schema": 2, "request_id", "ts" (server time, s), "user_id", "model_version", "degraded",
+#    "key_id" (the caller's API key id, "-" without keys; absent in older records),
 #    "fields": the behaviour fields scored, "history": [records as read, oldest first],
 #    "profile": {feature: value or null}, "context": {feature: value},
 #    "candidates": [each served candidate as sent], "ctr": [its served CTR],

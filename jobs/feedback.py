@@ -353,6 +353,7 @@ def sample_rows(
                     "ts": rec["ts"],
                     "request_id": rec["request_id"],
                     "model_version": rec["model_version"],
+                    "key_id": rec.get("key_id"),
                     "served_ctr": rec["ctr"][j],
                     "rank": j + 1,
                     "degraded": rec["degraded"],

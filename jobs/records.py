@@ -54,6 +54,8 @@ def impression_problem(rec: Mapping[str, Any]) -> str | None:
         return "ts is missing or not a number"
     if not is_id(rec.get("user_id")):
         return "user_id is not an id"
+    if not isinstance(rec.get("key_id", ""), str):
+        return "key_id is not a string"
     if not all(isinstance(f, str) and f for f in rec["fields"]):
         return "fields must be names"
     n = len(rec["candidates"])

@@ -36,6 +36,7 @@ SERVED_COLUMNS = (
     "ts",
     "request_id",
     "model_version",
+    "key_id",
     "served_ctr",
     "rank",
     "degraded",

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.auth import ANONYMOUS, caller
 from service.body import json_body
 from service.payloads import EventsRequest, ProfileRequest
 from service.services import Services, services_of
@@ -19,6 +20,13 @@ async def get_services(request: Request) -> Services:
     return services_of(request)
 
 
+async def get_caller_id(request: Request) -> str:
+    """The id of the caller's API key ("-" when no keys are configured)."""
+    entry = caller(request.scope)
+    return entry.id if entry is not None else ANONYMOUS
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+CallerId = Annotated[str, Depends(get_caller_id)]
 EventsBody = Annotated[EventsRequest, Depends(json_body(EventsRequest))]
 ProfileBody = Annotated[ProfileRequest, Depends(json_body(ProfileRequest))]

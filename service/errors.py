@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
-MAX_LOC_TEXT = 64  # a client-chosen key is named in ``loc``, cut to this length
+MAX_LOC_TEXT = 64
+REALM = "din-serve"  # a client-chosen key is named in ``loc``, cut to this length
 
 
 class ErrorDetail(BaseModel):
@@ -72,6 +73,22 @@ class Unauthorized(ServiceError):
     status_code, kind = 401, "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """A valid key without the scope the route needs."""
+
+    status_code, kind = 403, "forbidden"
+
+
+class RateLimited(ServiceError):
+    """One key's writes past its rate; ``retry_after`` seconds until they fit again."""
+
+    status_code, kind = 429, "rate_limited"
+
+    def __init__(self, message: str, loc: tuple[str | int, ...], retry_after: int):
+        super().__init__(message, loc)
+        self.retry_after = retry_after
+
+
 class Disabled(ServiceError):
     status_code, kind = 404, "disabled"
 
@@ -94,10 +111,12 @@ class DeadlineExceeded(ServiceError):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong bearer token", "model": ErrorBody},
+    403: {"description": "the key lacks the scope this needs, or no keys are configured", "model": ErrorBody},
     404: {"description": "disabled", "model": ErrorBody},
     413: {"description": "body too large", "model": ErrorBody},
     415: {"description": "the body is not declared as JSON", "model": ErrorBody},
     422: {"description": "invalid input; `loc` names the field", "model": ErrorBody},
+    429: {"description": "this key's writes are past its rate; see Retry-After", "model": ErrorBody},
     503: {
         "description": "overloaded, past its deadline, or the store is down; see Retry-After",
         "model": ErrorBody,
@@ -140,8 +159,10 @@ def _short(part: Any) -> str | int:
 def error_headers(exc: ServiceError) -> dict[str, str]:
     if exc.status_code == 503:
         return {"Retry-After": "1"}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after)}
     if exc.status_code == 401:
-        return {"WWW-Authenticate": "Bearer"}
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
     return {}
 
 

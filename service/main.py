@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 from opentelemetry.trace import TracerProvider
 
 from contracts.redis_client import async_client, close, is_cluster, keys_for
+from service.auth import Authentication, KeyOnAccessLog, KeyRing, WriteLimit
 from service.breaker import CircuitBreaker
 from service.errors import install_error_handlers
 from service.impressions import ImpressionLog
@@ -46,6 +47,9 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, KeyOnAccessLog) for f in access.filters):
+        access.addFilter(KeyOnAccessLog())
 
 
 def create_app(settings: Settings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
@@ -53,6 +57,7 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
     without it, tracing is as the OTEL_* variables say (service.tracing), off by default."""
     settings = settings or Settings()  # fails fast on a bad environment, before serving anything
     configure_logging(settings.log_level)
+    api_keys = KeyRing.from_settings(settings)  # a key file that is missing or bad stops the start
     provider = tracer_provider if tracer_provider is not None else provider_from_env()
 
     @asynccontextmanager
@@ -89,7 +94,10 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
             stream.start()
         drain = Drain()
         drain.install(settings.shutdown_drain_seconds)
-        app.state.services = Services(settings, models, store, metrics, impressions, shadow, tracer, drain)
+        limit = WriteLimit(settings.write_rate, settings.write_burst, metrics)
+        app.state.services = Services(
+            settings, models, store, metrics, impressions, shadow, tracer, drain, api_keys, limit
+        )
         log.info("serving model %s from %s", models.runner.version, settings.models)
         # Everything built so far lives as long as the process; moved out of the collector's
         # reach, it no longer makes each full collection a long pause of the event loop.
@@ -136,6 +144,10 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
     for router in routers:
         app.include_router(router)
     paths = {getattr(r, "path", "") for r in (*app.routes, *(r for router in routers for r in router.routes))}
+    # Outside admission control and the body limit: a caller without a key costs nothing more.
+    app.add_middleware(
+        Authentication, ring=api_keys, metrics=metrics, allow_unauthenticated=settings.allow_unauthenticated
+    )
     # Added last, so it runs first: it sees every answer, refusals included.
     app.add_middleware(ResponseCounter, routes=paths - {""}, metrics=metrics)
     tracer = instrument(app, provider)  # outermost: the request span covers all the rest

@@ -141,6 +141,22 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Per API key id (never the key), so an operator sees who calls what and who is refused.
+        self.authenticated = Counter(
+            "din_authenticated_requests",
+            "Requests let through, by key id and scope",
+            ["key", "scope"],
+            registry=r,
+        )
+        self.auth_refused = Counter(
+            "din_auth_refused",
+            "Requests refused by authentication: missing, invalid, scope or no_keys",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "din_rate_limited", "Write requests refused past their key's rate (429)", ["key"], registry=r
+        )
         self.versions: set[str] = set()
 
     def set_models(self, versions: set[str]) -> None:

@@ -13,12 +13,13 @@ from service.payloads import EventsRequest, EventsResponse, ProfileRequest, extr
 from service.services import Services
 
 
-async def append_events(req: EventsRequest, services: Services) -> EventsResponse:
+async def append_events(req: EventsRequest, services: Services, key_id: str) -> EventsResponse:
     settings, models, store, metrics = services.settings, services.models, services.store, services.metrics
     if len(req.events) > settings.max_events:
         raise InvalidInput(
             f"at most {settings.max_events} events per request, got {len(req.events)}", ("body", "events")
         )
+    services.write_limit.take(key_id, len(req.events), ("body", "events"))
     features = models.runner.features
     at = time.time()
     now = int(at)
@@ -47,9 +48,10 @@ async def append_events(req: EventsRequest, services: Services) -> EventsRespons
     return EventsResponse(appended=len(req.events), users=len(by_user))
 
 
-async def upsert_profile(req: ProfileRequest, services: Services) -> None:
+async def upsert_profile(req: ProfileRequest, services: Services, key_id: str) -> None:
     """The features this model takes are checked against it; the others are stored as they are,
     like the extra fields of an event: the store holds raw ids for whichever version reads them."""
     features = services.models.runner.features
     features.check_known(req.profile, features.schema.profile, ("body", "profile"))
+    services.write_limit.take(key_id, 1, ("body",))
     await services.store.upsert_profile(req.user_id, req.profile)

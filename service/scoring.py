@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer, get_current_span
 from contracts.feeds import Feeds
 from contracts.ids import RawId
 from contracts.schema import current_context
+from service.auth import ANONYMOUS
 from service.deadline import Deadline
 from service.explore import explore
 from service.features import leave_one_out
@@ -33,6 +34,7 @@ async def score(
     runner: ModelRunner,
     shadow: ModelRunner | None = None,
     deadline: Deadline | None = None,
+    key_id: str = ANONYMOUS,
 ) -> dict[str, Any]:
     """The response body (the ScoreResponse schema). ``runner`` is the version serving this user
     (their experiment arm), ``shadow`` a shadow canary that scores the served items again once the
@@ -112,6 +114,7 @@ async def score(
             "ts": time.time(),
             "user_id": req.user_id,
             "model_version": runner.version,
+            "key_id": key_id,
             "degraded": state is None,
             "fields": schema.behavior,
             "history": history,

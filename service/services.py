@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from opentelemetry.trace import Tracer
 
+from service.auth import KeyRing, WriteLimit
 from service.impressions import ImpressionLog
 from service.metrics import Metrics
 from service.model_slot import ModelSlot
@@ -30,6 +31,8 @@ class Services:
     shadow: ShadowScorer  # a shadow canary's re-scoring of answers
     tracer: Tracer  # a no-op tracer unless tracing is on
     drain: Drain  # set while shutting down
+    keys: KeyRing  # the API keys' entries (none: no keys needed, loopback only)
+    write_limit: WriteLimit  # each key's rate of writes
 
 
 def services_of(request: Request) -> Services:

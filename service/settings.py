@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from contracts.api_keys import parse_entries
 from contracts.settings import Shared
 
 
@@ -91,6 +92,39 @@ class Settings(Shared):
     shutdown_drain_seconds: float = Field(
         0, ge=0, description="on SIGTERM, answer `/readyz` 503 but keep serving this long, then shut down"
     )
+
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API key entries, `<id> <scopes> <sha256>` separated by `;` "
+        "(`python -m jobs.api_keys new`); with keys (here or in the file), `/score`, `/events` and "
+        "`/profile` need one",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="a file of API key entries, one per line; re-read within a second of a change "
+        "(rotation without a restart)",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="serve without API keys on a non-loopback interface (behind a gateway that "
+        "authenticates); without it, such a start is refused",
+    )
+    write_rate: float = Field(
+        1000, gt=0, description="events per second one key may write (`/events`, `/profile`); then 429"
+    )
+    write_burst: int = Field(2000, ge=1, description="events one key may write at once, above the rate")
+
+    @field_validator("api_keys", "api_keys_file", mode="before")
+    @classmethod
+    def empty_keys_mean_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("api_keys")
+    @classmethod
+    def keys_parse(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_entries(v.get_secret_value())
+        return v
 
     @field_validator("seed_bundle", mode="before")
     @classmethod

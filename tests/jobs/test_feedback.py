@@ -43,7 +43,8 @@ def streams() -> Iterator[tuple[redis.Redis, Keys]]:
 def answer(r: redis.Redis, keys: Keys, at: float, request_id: str, user, items: list[int]) -> None:
     """One logged /score answer, added with the stream id of its time (as the service's flush would)."""
     record = {
-        "request_id": request_id, "ts": at, "user_id": user, "model_version": "v1", "degraded": False,
+        "request_id": request_id, "ts": at, "user_id": user, "model_version": "v1", "key_id": "web",
+        "degraded": False,
         "fields": ["item_id", "category_id"],
         "history": [{"item_id": 1, "category_id": 1, "ts": 5}, {"item_id": 2, "category_id": 1, "ts": 6}],
         "profile": {"age": 30, "gender": "F"}, "context": {"hour": 3, "weekday": 1},
@@ -100,8 +101,8 @@ def test_rows_have_the_sample_layout_and_the_served_extras(streams, tmp_path):
     assert row == {
         "label": 0, "user_id": "u", "item_id": 6, "category_id": 0, "hist_item_id": [1, 2],
         "hist_category_id": [1, 1], "age": 30, "gender": "F", "hour": 3, "weekday": 1, "ts": T0,
-        "request_id": "a", "model_version": "v1", "served_ctr": 0.49, "rank": 2, "degraded": False,
-        "propensity": 1.0, "explored": False,
+        "request_id": "a", "model_version": "v1", "key_id": "web", "served_ctr": 0.49, "rank": 2,
+        "degraded": False, "propensity": 1.0, "explored": False,
     }  # fmt: skip
 
 

@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,10 @@ class Fixed(torch.nn.Module):
         return self.logits[batch]
 
 
+def model_of(logits: np.ndarray) -> Any:
+    return Fixed(logits)
+
+
 class Slice:
     def __init__(self, label: np.ndarray):
         self.label = label
@@ -26,11 +32,18 @@ class Slice:
             yield slice(start, start + size), None
 
 
+def calibrated(model: Any, label: np.ndarray) -> tuple[float, float]:
+    slice_: Any = Slice(label)
+    fitted = fit_calibration(model, slice_)
+    assert fitted is not None
+    return fitted
+
+
 def test_calibration_fits_scale_and_bias_on_a_slice_that_agrees_with_the_ranking():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=4000)
     label = (rng.random(4000) < 1 / (1 + np.exp(-(2 * logits - 1)))).astype(np.float32)
-    scale, bias = fit_calibration(Fixed(logits), Slice(label))
+    scale, bias = calibrated(model_of(logits), label)
     assert scale == pytest.approx(2, abs=0.2) and bias == pytest.approx(-1, abs=0.2)
 
 
@@ -39,8 +52,8 @@ def test_calibration_never_turns_the_ranking_upside_down():
     the level of the CTRs: scale 1, and the mean CTR equals the slice's click rate."""
     logits = np.linspace(-2, 2, 40)
     label = (logits < -1).astype(np.float32)  # the lowest logits clicked
-    model = Fixed(logits)
-    scale, bias = fit_calibration(model, Slice(label))
+    model = model_of(logits)
+    scale, bias = calibrated(model, label)
     assert scale == 1.0
     assert np.mean(1 / (1 + np.exp(-(logits + bias)))) == pytest.approx(label.mean(), abs=1e-6)
     assert model.get_buffer("calibration").tolist() == pytest.approx([1.0, bias])

@@ -52,7 +52,7 @@ def test_admin_endpoints_are_disabled_without_a_configured_token(client):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-0123456789"}, {"X": "y"}])
 def test_admin_reload_needs_the_bearer_token(admin_client, headers):
     r = admin_client.post("/admin/reload", headers=headers)
-    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_reload_swaps_in_the_version_the_pointer_names(admin_client, models, trained, tmp_path):
