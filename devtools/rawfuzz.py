@@ -50,20 +50,80 @@ def error_shape_ok(payload: Any) -> bool:
     )
 
 
-def run_raw_fuzz(url: str, cases: int, seed: int = 1) -> dict[str, Any]:
+def authorization_headers(rng: random.Random, key: str) -> Iterator[list[tuple[str, bytes]]]:
+    """An endless, seeded stream of hostile Authorization headers (raw bytes): empty, huge, not
+    ASCII, other schemes, the key mangled, several headers at once. None of them is the key."""
+    mark = MARK.encode()
+    while True:
+        secret = key.split(".", 1)[1].encode()
+        values = [
+            b"",
+            b"Bearer",
+            b"Bearer ",
+            b"Bearer " + b"A" * rng.randrange(300, 7000),
+            "Bearer clé-ünïcode-🔑".encode(),
+            b"Bearer \xff\xfe" + mark,
+            b"Basic " + mark,
+            b"bearer " + key.encode()[:-1],
+            b"Bearer " + key.encode() + b"x",
+            b"Bearer ." + secret,
+            b"Bearer " + key.split(".")[0].encode() + b".",
+            b"Bearer " + mark + b"." + secret,
+            bytes(rng.randrange(32, 127) for _ in range(rng.randrange(1, 400))),
+        ]
+        one = rng.choice(values)
+        yield rng.choice(
+            [[("Authorization", one)], [("Authorization", one), ("Authorization", b"Bearer " + key.encode())]]
+        )
+
+
+def run_auth_fuzz(url: str, cases: int, key: str, seed: int = 1) -> dict[str, Any]:
+    """Hostile Authorization headers on each protected route, with a valid body: each must be
+    answered 400 (a header the HTTP parser refuses), 401 or 431, in the error shape, never a 5xx
+    and never let through."""
+    rng = random.Random(seed)
+    stream = authorization_headers(rng, key)
+    body = {"/score": b'{"user_id": 1, "candidates": []}', "/events": b'{"events": []}',
+            "/profile": b'{"user_id": 1, "profile": {}}'}  # fmt: skip
+    out = _run(url, cases, lambda i: (ENDPOINTS[i % 3], body[ENDPOINTS[i % 3]], next(stream)), prefix="auth")
+    out["auth_let_through"] = sum(
+        n for status, n in out["auth_statuses"].items() if status not in AUTH_REFUSALS
+    )
+    return out
+
+
+AUTH_REFUSALS = {0, 400, 401, 431}  # 0: the server closed a connection it would not parse
+
+
+def run_raw_fuzz(url: str, cases: int, seed: int = 1, key: str | None = None) -> dict[str, Any]:
+    """Hostile bodies on every JSON endpoint, sent with ``key`` when the service needs one."""
     rng = random.Random(seed)
     stream = bodies(rng)
+    auth = [("Authorization", f"Bearer {key}".encode())] if key else []
+
+    def case(i: int) -> tuple[str, bytes, list[tuple[str, bytes]]]:
+        content_type = CONTENT_TYPES[(i // 3) % 4]
+        headers = [("Content-Type", content_type.encode())] if content_type else []
+        return ENDPOINTS[i % 3], next(stream), headers + auth
+
+    return _run(url, cases, case, prefix="raw")
+
+
+def _run(url: str, cases: int, case: Any, prefix: str) -> dict[str, Any]:
     statuses: Counter[int] = Counter()
     echoes = bad_shape = server_errors = 0
     conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
     for i in range(cases):
-        path, content_type, body = ENDPOINTS[i % 3], CONTENT_TYPES[(i // 3) % 4], next(stream)
-        headers = {"Content-Type": content_type} if content_type else {}
+        path, body, headers = case(i)
         try:
-            conn.request("POST", path, body, headers)
+            conn.putrequest("POST", path)
+            for name, value in headers:
+                conn.putheader(name, value)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
             r = conn.getresponse()
             status, text = r.status, r.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException, ValueError):
             conn.close()
             conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
             status, text = 0, ""
@@ -82,9 +142,9 @@ def run_raw_fuzz(url: str, cases: int, seed: int = 1) -> dict[str, Any]:
             echoes += any(MARK in d["msg"] or MARK in d["type"] for d in payload["detail"])
     conn.close()
     return {
-        "raw_cases": cases,
-        "raw_statuses": dict(sorted(statuses.items())),
-        "raw_server_errors": server_errors,
-        "raw_echoes": echoes,
-        "raw_bad_error_shape": bad_shape,
+        f"{prefix}_cases": cases,
+        f"{prefix}_statuses": dict(sorted(statuses.items())),
+        f"{prefix}_server_errors": server_errors,
+        f"{prefix}_echoes": echoes,
+        f"{prefix}_bad_error_shape": bad_shape,
     }

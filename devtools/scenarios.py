@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import redis
 
+from contracts.api_keys import SCOPES, new_key
 from contracts.keys import Keys, decode_history
 from devtools.harness import ADMIN_TOKEN, HISTORY, PREFIX, Suite, fmt, host_of, rss_mb
 from devtools.liveserver import ROOT
 from devtools.loadgen import Answer, Run, _Connection, open_loop, pct, post, run_load
-from devtools.rawfuzz import run_raw_fuzz
+from devtools.rawfuzz import run_auth_fuzz, run_raw_fuzz
 from devtools.stack import ANY_VERDICT
 from model.onnx_export import export_bundle
 
@@ -237,13 +238,17 @@ def canary(suite: Suite, scale: float) -> dict[str, Any]:
 
 
 def fuzz(suite: Suite, scale: float) -> dict[str, Any]:
+    """Served with API keys, as a deployment on a network is: the fuzzers send a key of every scope,
+    and a third one sends hostile Authorization headers."""
     examples = max(int(200 * scale), 10)  # per operation and phase; 200 gives > 1,000 cases
-    with suite.stack.serve() as svc:
+    key, entry = new_key("fuzz", set(SCOPES))
+    with suite.stack.serve(api_keys=entry.line()) as svc:
         cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{svc.url}/openapi.json"]
         cmd += ["--checks", "all", "--max-examples", str(examples), "--workers", "1", "--seed", "1"]
-        cmd += ["-H", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]
+        cmd += ["-H", f"Authorization: Bearer {key}", "--no-color"]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        raw = run_raw_fuzz(svc.url, max(int(1200 * scale), 60))
+        raw = run_raw_fuzz(svc.url, max(int(1200 * scale), 60), key=key)
+        auth = run_auth_fuzz(svc.url, max(int(600 * scale), 60), key)
     generated = re.search(r"(\d+) generated", done.stdout)
     failures = dict(re.findall(r"❌ ([^:\n]+): (\d+)", done.stdout.split("SUMMARY")[-1]))
     cases = int(generated.group(1)) if generated else 0
@@ -256,9 +261,11 @@ def fuzz(suite: Suite, scale: float) -> dict[str, Any]:
         "failures": sum(int(v) for v in failures.values()),
         "failure_kinds": failures,
         **raw,
+        **auth,
         "pass": done.returncode == 0
         and cases >= (1000 if scale >= 1 else 1)
-        and raw["raw_server_errors"] == raw["raw_echoes"] == raw["raw_bad_error_shape"] == 0,
+        and raw["raw_server_errors"] == raw["raw_echoes"] == raw["raw_bad_error_shape"] == 0
+        and auth["auth_server_errors"] == auth["auth_let_through"] == auth["auth_bad_error_shape"] == 0,
     }
 
 

@@ -209,11 +209,13 @@ class WriteLimit:
 
 
 class KeyOnAccessLog(logging.Filter):
-    """Adds ``key=<id>`` to uvicorn's access line (the id of the caller's key, never the key)."""
+    """Adds ``key=<id>`` (the caller's key id, never the key) after the client's address on
+    uvicorn's access line, where the Common Log Format names the user:
+    ``127.0.0.1:5000 key=web - "POST /score HTTP/1.1" 200``. The line's other fields stay as
+    uvicorn's formatter expects them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         key_id = KEY_ID.get()
-        if key_id != ANONYMOUS and isinstance(record.args, tuple):
-            record.msg = f"{record.msg} key=%s"
-            record.args = (*record.args, key_id)
+        if key_id != ANONYMOUS and isinstance(record.args, tuple) and record.args:
+            record.args = (f"{record.args[0]} key={key_id}", *record.args[1:])
         return True

@@ -53,7 +53,10 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
 
 
 def json_route(
-    model: type[BaseModel], parameters: Sequence[dict[str, Any]] = (), **route: Any
+    model: type[BaseModel],
+    parameters: Sequence[dict[str, Any]] = (),
+    rate_limited: bool = False,
+    **route: Any,
 ) -> dict[str, Any]:
     """The ``router.post`` arguments of a route whose body ``parse(model, ...)`` reads: its errors,
     and the body's schema, which FastAPI cannot see (``service.openapi`` narrows it to the loaded
@@ -64,7 +67,8 @@ def json_route(
     }
     if parameters:
         extra["parameters"] = list(parameters)
-    return {"responses": errors_of(413, 415, 422, 503), "openapi_extra": extra, **route}
+    codes = (413, 415, 422, 429, 503) if rate_limited else (413, 415, 422, 503)
+    return {"responses": errors_of(*codes), "openapi_extra": extra, **route}
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from contracts.ids import ANY_ID_SCHEMA, INT_MAX, INT_MIN
+from service.auth import ROUTE_SCOPES
+from service.errors import errors_of
 from service.features import Features
 from service.settings import Settings
 
@@ -83,6 +85,27 @@ def exact_bounds(node: Any) -> None:
             exact_bounds(value)
 
 
+def secured(spec: dict[str, Any]) -> None:
+    """With API keys configured: the bearer scheme, and on each protected route the scope it needs
+    and its 401 and 403 answers."""
+    components = spec.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["APIKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key, `<id>.<secret>` (python -m jobs.api_keys new)",
+    }
+    for path, scope in ROUTE_SCOPES.items():
+        operation = spec["paths"][path]["post"]
+        operation["security"] = [{"APIKey": []}]
+        operation["description"] = (
+            operation.get("description", "") + f"\n\nNeeds an API key with the `{scope}` scope."
+        )
+        for code, response in errors_of(401, 403).items():
+            schema = {"$ref": "#/components/schemas/ErrorBody"}
+            content = {"application/json": {"schema": schema}}
+            operation["responses"][str(code)] = {"description": response["description"], "content": content}
+
+
 def model_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
     cache: dict[str, dict[str, Any]] = {}
 
@@ -95,6 +118,8 @@ def model_openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, An
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             exact_bounds(spec)
+            if settings.api_keys is not None or settings.api_keys_file is not None:
+                secured(spec)
             if runner is not None:
                 narrow(spec["paths"], runner.features, settings)
                 spec["info"]["description"] += f" Request schemas are those of model {version}."

@@ -58,6 +58,8 @@ def test_fuzzing_finds_no_5xx_no_response_off_the_schema_and_no_echo(suite):
     assert (
         r["raw_cases"] > 0 and r["raw_server_errors"] == r["raw_echoes"] == r["raw_bad_error_shape"] == 0
     ), r
+    # hostile Authorization headers: refused (401, or 400/431 from the HTTP parser), never let through
+    assert r["auth_cases"] > 0 and r["auth_server_errors"] == r["auth_let_through"] == 0, r
 
 
 def test_concurrent_writers_lose_no_event_and_keep_order_and_cap(suite):
