@@ -27,6 +27,11 @@ STR_ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 
 ANY_ID_SCHEMA: dict[str, Any] = {"anyOf": [INT_ID_SCHEMA, STR_ID_SCHEMA]}
 
 
+def is_id(v: Any) -> bool:
+    """The id rule on a decoded JSON value (the API checks it with ``RawId``)."""
+    return (type(v) is int and INT_MIN <= v <= INT_MAX) or (type(v) is str and 0 < len(v) <= MAX_STR_LEN)
+
+
 def _whole_float(ge: int) -> CoreSchema:
     """A JSON float with no fraction (``3.0``), as the integer it is. Tried only after the strict
     branches, so integer and string ids never reach this Python function; and a JSON integer out

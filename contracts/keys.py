@@ -92,6 +92,10 @@ class Keys:
         """A hash: kind -> how many records the exporter set aside (the stream itself is capped)."""
         return f"{self.prefix}deadletters:counts"
 
+    def erased(self) -> str:
+        """A hash: SHA-256 of an erased user's id part -> when (``contracts.erasure``)."""
+        return f"{self.prefix}erased"
+
     def user_shard(self, user_id: int | str) -> int:
         """The shard of a user's clicks: always the same one, so they stay in order."""
         return zlib.crc32(user_part(user_id).encode()) % len(SHARD_TAGS) if self.cluster else 0

@@ -70,6 +70,18 @@ class Tools(Shared):
         "its weights into one (unset: `~/.cache/din-serve/onnx`; empty: none)",
     )
 
+    export_keep_days: float | None = Field(
+        None,
+        gt=0,
+        description="`python -m jobs.feedback export` removes exported hours older than this many days "
+        "(`--keep-days`); unset keeps them all",
+    )
+
+    @field_validator("export_keep_days", mode="before")
+    @classmethod
+    def empty_keep_means_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
     @property
     def instance_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.instances.split(",") if u.strip()]

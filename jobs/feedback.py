@@ -26,8 +26,10 @@ no impression they could belong to remains unexported.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -41,10 +43,12 @@ import pyarrow.parquet as pq
 from redis.exceptions import RedisError, ResponseError
 
 from contracts.cli import Parser
-from contracts.exported import COMMITS, read_commits
+from contracts.erasure import erased_users, tombstone
+from contracts.exported import COMMITS, fsync, locked, read_commits, write_commits
 from contracts.keys import Keys, decode_feedback
 from contracts.redis_client import SyncClient, keys_for, sync_client
 from contracts.settings import tools
+from jobs.erase import apply_tombstones
 from jobs.records import click_problem, impression_problem, typed_tables
 
 GROUP = "din-export"
@@ -65,6 +69,9 @@ class Summary:
     waiting: int  # answers still inside the label window
     set_aside: Counter[str]  # unusable entries by kind, moved to the dead-letter stream
     nulled: int  # history elements of another type than the rest of their list, written as null
+    erased: int = 0  # stream records of erased users, dropped (contracts.erasure)
+    rewritten: int = 0  # rows of erased users removed from files exported before
+    expired: int = 0  # files past the retention, removed
 
     def describe(self, out: Path, dead_letters: str) -> str:
         line = (
@@ -79,6 +86,13 @@ class Summary:
             line += f"; set aside {n} unusable records ({kinds}) in the stream {dead_letters}"
         if self.nulled:
             line += f"; {self.nulled} history ids of another type than the rest of their list are null"
+        if self.erased or self.rewritten:
+            line += (
+                f"; dropped {self.erased} records of erased users from the streams and "
+                f"{self.rewritten} rows from earlier files"
+            )
+        if self.expired:
+            line += f"; removed {self.expired} files past the retention"
         return line
 
 
@@ -139,9 +153,16 @@ def _order(entry: Entry) -> tuple[int, str, int]:
 
 class Exporter:
     def __init__(
-        self, client: SyncClient, keys: Keys, out: Path, window_seconds: float, batch: int = BATCH_ANSWERS
+        self,
+        client: SyncClient,
+        keys: Keys,
+        out: Path,
+        window_seconds: float,
+        batch: int = BATCH_ANSWERS,
+        keep_days: float | None = None,
     ):
         self.r, self.out, self.window, self.batch = client, out, window_seconds, batch
+        self.keys, self.keep_days = keys, keep_days
         self.imp_keys, self.click_keys = keys.impressions(), keys.clicks()
         self.dead_letters, self.dead_letter_counts = keys.dead_letters(), keys.dead_letter_counts()
         self.trimmed = 0
@@ -224,13 +245,34 @@ class Exporter:
             if f.relative_to(self.out).as_posix() not in committed:
                 f.unlink()
 
+    def drop_erased(self, pending: Pending, tombstones: set[str]) -> int:
+        """Erased users' records out of ``pending``, acknowledged and deleted from the streams."""
+        if not tombstones:
+            return 0
+        dropped = []
+        for entries in (pending.impressions, pending.clicks):
+            gone = [e for e in entries if tombstone(e[2]["user_id"]) in tombstones]
+            if gone:
+                entries[:] = [e for e in entries if tombstone(e[2]["user_id"]) not in tombstones]
+                dropped += gone
+        self.ack(dropped)
+        for key, entry_id, _ in dropped:
+            self.r.xdel(key, entry_id)
+        return len(dropped)
+
     def export(self, now: float | None = None) -> Summary:
-        """One pass: everything ripe is written and acknowledged. Returns counts."""
-        now = time.time() if now is None else now
+        """One pass, holding the folder's lock: everything ripe is written and acknowledged, erased
+        users are dropped and removed from earlier files, files past the retention removed."""
+        with locked(self.out):
+            return self._export(time.time() if now is None else now)
+
+    def _export(self, now: float) -> Summary:
         self.clean_uncommitted()
         mark = self.watermark()
+        tombstones = erased_users(self.r, self.keys)
         pending = self.read_all()
         set_aside = self.set_aside(pending.unusable)
+        erased = self.drop_erased(pending, tombstones)
 
         def exported(entry: Entry) -> bool:
             return id_key(entry[1]) <= id_key(mark[entry[0]])
@@ -258,7 +300,11 @@ class Exporter:
         left = [id_seconds(entry_id) for _, entry_id, _ in todo[n_ripe:]]
         horizon = (min(left) if left else now - self.window) - FLUSH_SLACK_SECONDS
         self.ack([c for c in pending.clicks if c[2]["at"] < horizon])
-        return Summary(exported_rows, n_ripe, len(todo) - n_ripe, set_aside, nulled)
+        rewritten = apply_tombstones(self.out, tombstones)["rows_removed"] if tombstones else 0
+        expired = expire(self.out, now - self.keep_days * 86400) if self.keep_days is not None else 0
+        return Summary(
+            exported_rows, n_ripe, len(todo) - n_ripe, set_aside, nulled, erased, rewritten, expired
+        )
 
     def write(self, rows: list[dict[str, Any]], name: str) -> tuple[list[str], int]:
         """The rows as Parquet, a folder per hour; the file names, and the history elements of
@@ -277,9 +323,9 @@ class Exporter:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = final.with_name(f".{final.name}.tmp")
                 pq.write_table(table, tmp)
-                _fsync(tmp)
+                fsync(tmp)
                 os.replace(tmp, final)
-                _fsync(final.parent)
+                fsync(final.parent)
                 names.append(path)
         return names, nulled
 
@@ -294,7 +340,32 @@ class Exporter:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync(self.out)
+        fsync(self.out)
+
+
+def expire(out: Path, cutoff: float) -> int:
+    """Removes the hour folders that ended before ``cutoff`` (epoch seconds): their files leave the
+    commit log first (its lines stay, they hold the watermark), then the disk. How many files."""
+    old = set()
+    for folder in out.iterdir():
+        try:
+            start = calendar.timegm(time.strptime(folder.name, "%Y-%m-%dT%H"))
+        except ValueError:
+            continue  # not an hour folder
+        if folder.is_dir() and start + 3600 <= cutoff:
+            old.add(folder.name)
+    if not old:
+        return 0
+    batches = read_commits(out)
+    gone = [n for b in batches for n in b["files"] if n.split("/", 1)[0] in old]
+    for batch in batches:
+        leaving = [n for n in batch["files"] if n.split("/", 1)[0] in old]
+        batch["rows"] -= sum(pq.read_metadata(out / n).num_rows for n in leaving if (out / n).exists())
+        batch["files"] = [n for n in batch["files"] if n not in leaving]
+    write_commits(out, batches)
+    for name in old:
+        shutil.rmtree(out / name, ignore_errors=True)
+    return len(gone)
 
 
 def attribute(
@@ -368,14 +439,6 @@ def _json(v: Any) -> str:
     return json.dumps(v)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m jobs.feedback", description=__doc__.split("\n\n")[0])
     env = tools()
@@ -392,6 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         "(0: label it with the clicks already in)",
     )
     e.add_argument("--batch", type=int, default=BATCH_ANSWERS, help="answers per committed batch")
+    e.add_argument(
+        "--keep-days",
+        type=float,
+        default=env.export_keep_days,
+        help="remove exported hours older than this many days (default $DIN_EXPORT_KEEP_DAYS; "
+        "unset: keep all)",
+    )
     e.add_argument("--follow", action="store_true", help="keep exporting every --every seconds")
     e.add_argument("--every", type=float, default=60.0)
     a = p.parse_args(argv)
@@ -399,12 +469,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--label-window-seconds must be >= 0")
     if a.batch < 1:
         p.error("--batch must be >= 1")
+    if a.keep_days is not None and a.keep_days <= 0:
+        p.error("--keep-days must be > 0")
     try:
         client, keys = sync_client(a.redis_url), keys_for(a.redis_url, a.key_prefix)
     except ValueError as e:
         p.error(f"--redis-url / --key-prefix: {e}")
     try:
-        exporter = Exporter(client, keys, a.out, a.label_window_seconds, a.batch)
+        exporter = Exporter(client, keys, a.out, a.label_window_seconds, a.batch, a.keep_days)
         while True:
             summary = exporter.export()
             print(summary.describe(a.out, keys.dead_letters()), flush=True)

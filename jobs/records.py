@@ -19,12 +19,9 @@ from typing import Any
 
 import pyarrow as pa
 
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+from contracts.ids import is_id
+
 ARROW = {"int": pa.int64(), "str": pa.string(), "float": pa.float64(), "bool": pa.bool_()}
-
-
-def is_id(v: Any) -> bool:
-    return (type(v) is int and INT_MIN <= v <= INT_MAX) or (type(v) is str and len(v) > 0)
 
 
 def _ids_or_null(values: Mapping[str, Any], where: str) -> str | None:
