@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from service.auth import ANONYMOUS, caller
 from service.body import json_body
-from service.payloads import EventsRequest, ProfileRequest
+from service.payloads import ErasureRequest, EventsRequest, ProfileRequest
 from service.services import Services, services_of
 
 
@@ -30,3 +30,4 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 CallerId = Annotated[str, Depends(get_caller_id)]
 EventsBody = Annotated[EventsRequest, Depends(json_body(EventsRequest))]
 ProfileBody = Annotated[ProfileRequest, Depends(json_body(ProfileRequest))]
+ErasureBody = Annotated[ErasureRequest, Depends(json_body(ErasureRequest))]

@@ -165,5 +165,25 @@ class ProfileRequest(BaseModel):
     profile: dict[str, RawId] = Field(min_length=1)
 
 
+MAX_ERASE_USERS = 1000
+
+
+class ErasureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"users": [42, "anna"]}})
+
+    users: list[RawId] = Field(min_length=1, max_length=MAX_ERASE_USERS, description="the users to forget")
+
+
+class ErasureResponse(BaseModel):
+    users: int = Field(description="users in the request")
+    keys_deleted: dict[str, int] = Field(description="history and profile keys deleted")
+    stream_entries_deleted: dict[str, int] = Field(
+        description="entries deleted per stream: impressions, clicks, shadow, deadletters"
+    )
+    tombstones: int = Field(
+        description="users newly tombstoned (the export drops their records, now and later)"
+    )
+
+
 def extra_fields(model: BaseModel) -> dict[str, Any]:
     return dict(model.model_extra or {})

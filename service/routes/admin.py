@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import asdict
 from typing import Annotated
@@ -11,10 +12,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from contracts.api_keys import verify
+from contracts.erasure import ErasureReport, erase_users
+from contracts.redis_client import REDIS_FAILURES, keys_for, sync_client
 from service.auth import MAX_TOKEN
-from service.deps import ServicesDep
-from service.errors import Disabled, Forbidden, Unauthorized, errors_of
+from service.body import json_route
+from service.deps import ErasureBody, ServicesDep
+from service.errors import Disabled, Forbidden, StoreUnavailable, Unauthorized, errors_of
 from service.model_slot import ReloadReport
+from service.payloads import ErasureRequest, ErasureResponse
 
 bearer = HTTPBearer(auto_error=False, description="an API key with the admin scope, or DIN_ADMIN_TOKEN")
 
@@ -41,13 +46,16 @@ async def require_admin(
         raise Forbidden("this API key lacks the 'admin' scope", loc)
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=errors_of(401, 403, 404)
+)
 
 
 @router.post(
     "/reload",
-    responses=errors_of(401, 403, 404)
-    | {409: {"description": "the new version failed; the old one still serves", "model": ReloadReport}},
+    responses={
+        409: {"description": "the new version failed; the old one still serves", "model": ReloadReport}
+    },
 )
 async def reload(
     services: ServicesDep,
@@ -57,3 +65,29 @@ async def reload(
     swaps it in. Requests in flight finish on the old model."""
     report = await services.models.reload(force=force)
     return JSONResponse(asdict(report), status_code=409 if report.result == "failed" else 200)
+
+
+@router.post("/erase", **json_route(ErasureRequest, response_model=ErasureResponse))
+async def erase(req: ErasureBody, services: ServicesDep) -> ErasureResponse:
+    """Forgets users: deletes their history and profile, every entry of theirs in the impression,
+    click, shadow and dead-letter streams, and leaves a tombstone so the feedback export drops their
+    records still to come and removes them from the files it wrote before (its next pass, or
+    `python -m jobs.erase --out DIR` now). Reads each stream once for all the users: send them together."""
+    settings = services.settings
+    keys = keys_for(settings.redis_url, settings.key_prefix)
+
+    def run() -> ErasureReport:
+        client = sync_client(settings.redis_url, settings.redis_write_timeout_ms / 1000 * 10)
+        try:
+            return erase_users(client, keys, req.users)
+        finally:
+            client.close()
+
+    try:
+        report = await asyncio.to_thread(run)
+    except REDIS_FAILURES as e:
+        raise StoreUnavailable(
+            f"the erasure could not reach Redis ({type(e).__name__}); erasing again is safe",
+            ("body", "users"),
+        ) from None
+    return ErasureResponse(**report.as_dict())
