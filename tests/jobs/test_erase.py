@@ -60,9 +60,11 @@ def flush(client: TestClient) -> None:
     client.portal.call(services.impressions.flush)  # type: ignore[union-attr]
 
 
-def every_record(r: SyncClient, prefix: str) -> tuple[list[str], list[bytes]]:
+def every_record(client: SyncClient, prefix: str) -> tuple[list[str], list[bytes]]:
     """Every key under the prefix, and the raw value of every stream entry and list element."""
-    names, values = [], []
+    r: Any = client
+    names: list[str] = []
+    values: list[bytes] = []
     for raw in r.scan_iter(match=f"{prefix}*"):
         key = raw.decode()
         names.append(key)
