@@ -251,3 +251,69 @@ def test_the_readme_walked_from_the_quickstart_to_the_end_of_a_canary(quickstart
     walk.run(readme_command("scripts/experiment.py", "abort"))
     assert walk.serving()["version"] == third and walk.serving()["canary"] is None
     assert "no experiment is running" in walk.run(readme_command("scripts/experiment.py", "status"))
+
+
+@pytest.mark.slow
+def test_the_readme_api_keys_journey_serves_a_network_only_with_keys_and_forgets_a_user(models, tmp_path):
+    """The API keys section, walked: keys made into a file, the service on 0.0.0.0 with it, the
+    curl example with and without the key, then a user forgotten by the route and the command."""
+    with redis_prefix() as prefix:
+        env = os.environ | {"DIN_MODELS": str(models), "DIN_REDIS_URL": REDIS_URL, "DIN_KEY_PREFIX": prefix}
+        env.pop("DIN_API_KEYS", None)
+        keys = {}
+        for name in ("web", "ops"):
+            argv = readme_command("jobs.api_keys", "new", name)
+            done = subprocess.run(argv, cwd=tmp_path, env=env | {"PYTHONPATH": str(ROOT)},
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            keys[name] = done.stdout.strip()
+        serve = readme_command("-m", "service", "--host", "0.0.0.0")
+        assignments = [a for a in serve if re.fullmatch(r"DIN_\w+=.*", a)]
+        argv = [a for a in serve if a not in assignments]
+        port = free_port()
+        argv = [sys.executable if a == ".venv/bin/python" else str(port) if a == "8000" else a for a in argv]
+        env |= dict(a.split("=", 1) for a in assignments)
+        # Without the keys, the same command refuses to start, in one line.
+        without = {k: v for k, v in env.items() if k != "DIN_API_KEYS_FILE"}
+        refused = subprocess.run(argv, cwd=tmp_path, env=without, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        server = subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, server=server)
+            curl = readme_command("curl", "Authorization: Bearer $KEY")
+            body = curl_body(curl)
+
+            def post(path: str, payload: dict[str, Any], key: str | None) -> int:
+                headers = {"content-type": "application/json"} | (
+                    {"Authorization": f"Bearer {key}"} if key else {}
+                )
+                req = urllib.request.Request(url + path, json.dumps(payload).encode(), headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        return int(r.status)
+                except urllib.error.HTTPError as e:
+                    return int(e.code)
+
+            assert post("/score", body, keys["web"]) == 200
+            assert post("/score", body, None) == 401
+            assert post("/score", body, keys["ops"]) == 403
+            assert (
+                post("/events", {"events": [{"user_id": 42, "item_id": 1, "category_id": 1}]}, keys["web"])
+                == 200
+            )
+            assert post("/admin/erase", {"users": [42, "anna"]}, keys["web"]) == 403
+            assert post("/admin/erase", {"users": [42, "anna"]}, keys["ops"]) == 200
+        finally:
+            server.terminate()
+            server.wait(60)
+        erase = readme_command("jobs.erase", "--user")
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        argv = [
+            sys.executable if a == ".venv/bin/python" else a.replace("runs/logs", str(logs)) for a in erase
+        ]
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["users"] == 2

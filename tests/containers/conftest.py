@@ -60,9 +60,10 @@ def why_not() -> str | None:
 class Stack:
     """Drives the compose project with podman-compose and podman, as a user would."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, workdir: Path):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
-        self.env = os.environ | {"DIN_PORT": str(port)}
+        self.api_key, keys = make_key(workdir / ".env")
+        self.env = os.environ | {"DIN_PORT": str(port), "DIN_API_KEYS": keys}
         found = shutil.which("podman-compose", path=str(Path(sys.executable).parent))
         assert found, "podman-compose is a dev dependency: pip install -e '.[dev]'"
         self.compose_bin: str = found
@@ -143,10 +144,13 @@ class Stack:
         done.stdout += "\n".join(ours)
         return done
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, key: str | None = "") -> Any:
+        """``key``: the stack's own by default; None sends none."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        if key is not None:
+            req.add_header("Authorization", f"Bearer {key or self.api_key}")
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return json.loads(r.read())
@@ -160,6 +164,18 @@ class Stack:
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)
+
+
+def make_key(env_file: Path) -> tuple[str, str]:
+    """A key made with the command docker-compose.yml names, into a .env file as a user's would be;
+    the key, and the DIN_API_KEYS value compose reads from that file."""
+    from dotenv import dotenv_values
+
+    cmd = [sys.executable, "-m", "jobs.api_keys", "new", "web", "--scopes", "score,explain,write", "--env"]
+    done = subprocess.run([*cmd, str(env_file)], cwd=ROOT, capture_output=True, text=True, check=True)
+    value = dotenv_values(env_file)["DIN_API_KEYS"]
+    assert value
+    return done.stdout.strip(), value
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -183,7 +199,7 @@ def build(target: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     reason = why_not()
     if reason:
         pytest.skip(reason)
@@ -199,7 +215,7 @@ def stack() -> Iterator[Stack]:
     size = podman("image", "inspect", IMAGES["api"], "--format", "{{.Size}}").stdout
     TIMINGS["api image, MB"] = int(size) / 1e6
 
-    s = Stack(free_port())
+    s = Stack(free_port(), tmp_path_factory.mktemp("compose"))
     s.down(volumes=True)  # whatever an interrupted run left
     try:
         s.up()

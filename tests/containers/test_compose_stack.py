@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 from contracts.repository import ModelRepository
 from service.main import create_app
 from service.settings import Settings
-from tests.containers.conftest import README, Stack
+from tests.containers.conftest import README, ROOT, Stack
 from tests.helpers import REDIS_URL, redis_prefix
 
 pytestmark = pytest.mark.containers
@@ -52,6 +53,19 @@ def test_healthcheck_passes_and_the_readme_score_example_is_answered(stack: Stac
     ctrs = [item["ctr"] for item in body["items"]]
     assert len(ctrs) == 2 and ctrs == sorted(ctrs, reverse=True) and all(0 < p < 1 for p in ctrs)
     assert all("behaviors" in item for item in body["items"])  # the example asks explain: true
+
+
+def test_the_published_api_needs_the_key_made_with_the_documented_command(stack: Stack):
+    with pytest.raises(AssertionError, match="401"):
+        stack.request("POST", "/score", readme_score_example(), key=None)
+    with pytest.raises(AssertionError, match="401"):
+        stack.request("POST", "/events", {"events": []}, key="web.wrong")
+    assert stack.post("/score", readme_score_example())["items"]
+    # without keys, compose refuses to start the API and names the command that makes one
+    env = {k: v for k, v in stack.env.items() if k != "DIN_API_KEYS"}
+    done = subprocess.run([stack.compose_bin, "-p", "din-ctr-nokeys", "config"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "python3 -m jobs.api_keys new" in done.stdout + done.stderr
 
 
 def test_an_event_posted_to_the_container_shows_up_in_the_next_score(stack: Stack):

@@ -138,3 +138,16 @@ def test_quickstart_binds_loopback_by_default_and_checks_the_port_before_install
     quickstart = (ROOT / "scripts/quickstart.sh").read_text()
     assert 'HOST="${HOST:-127.0.0.1}"' in quickstart and '--host "$HOST"' in quickstart
     assert quickstart.index("is not free") < quickstart.index("make install")
+
+
+def test_compose_needs_api_keys_and_says_how_to_make_one(compose):
+    """The API is published on a port: it starts only with keys (python -m service refuses
+    otherwise), so compose refuses to interpolate without them and names the command."""
+    value = compose["services"]["api"]["environment"]["DIN_API_KEYS"]
+    match = re.fullmatch(r"\$\{DIN_API_KEYS:\?(.+)\}", value)
+    assert match and "python3 -m jobs.api_keys new" in match.group(1)
+    assert "DIN_ALLOW_UNAUTHENTICATED" not in compose["services"]["api"]["environment"]
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    # the command in the message writes the .env line compose reads
+    command = match.group(1).split("make one with ", 1)[1].split()
+    assert command[:3] == ["python3", "-m", "jobs.api_keys"] and "--env" in command

@@ -122,3 +122,25 @@ def test_the_trainer_and_the_exporter_run_the_commands_the_images_and_tests_run(
     urls.append(exporter["command"][exporter["command"].index("--redis-url") + 1])
     assert {urllib.parse.urlparse(u).hostname for u in urls} == {redis}
     assert all(is_cluster(u) and check_url(u) for u in urls)
+
+
+def test_the_api_reads_its_key_entries_from_a_secret_mounted_read_only():
+    """The API listens on the pod's network, so it must have keys (python -m service refuses
+    otherwise): a file of entries from the Secret din-api-keys, which the service re-reads."""
+    api = objects()[("Deployment", "din-api")]["spec"]["template"]["spec"]
+    (c,) = api["containers"]
+    path = Path(env(c)["DIN_API_KEYS_FILE"])
+    mount = next(m for m in c["volumeMounts"] if path.is_relative_to(m["mountPath"]))
+    assert mount.get("readOnly") is True
+    volume = next(v for v in api["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "din-api-keys"
+    assert "DIN_ALLOW_UNAUTHENTICATED" not in env(c)
+    assert "din-api-keys --from-file=entries" in (K8S / "kustomization.yaml").read_text()
+    assert path.name == "entries"
+    assert "api_keys_file" in Settings.model_fields  # the variable the service reads
+
+
+def test_the_exporter_keeps_a_stated_retention():
+    exporter = container(objects()[("Deployment", "din-exporter")])
+    days = float(exporter["command"][exporter["command"].index("--keep-days") + 1])
+    assert days > 0
