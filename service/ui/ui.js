@@ -35,7 +35,12 @@ async function rank(event) {
   $("status").className = "";
   let r;
   try {
-    r = await fetch("/score", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    // The key stays in this tab (sessionStorage), sent as a bearer token with each request.
+    const key = $("api_key").value.trim();
+    sessionStorage.setItem("din-api-key", key);
+    const headers = { "content-type": "application/json" };
+    if (key) headers.authorization = `Bearer ${key}`;
+    r = await fetch("/score", { method: "POST", headers, body: JSON.stringify(body) });
   } catch (e) {
     return fail(`the service did not answer: ${e.message}`);
   }
@@ -129,6 +134,7 @@ function init() {
   $("user").value = q.get("user") || DEMO.user;
   $("candidates").value = q.get("candidates") || JSON.stringify(DEMO.candidates);
   if (q.has("top_k")) $("top_k").value = q.get("top_k");
+  $("api_key").value = sessionStorage.getItem("din-api-key") || "";
   $("form").addEventListener("submit", rank);
   $("demo").addEventListener("click", () => {
     $("user").value = DEMO.user;
