@@ -11,8 +11,8 @@ newest 50 behaviours, and scores users that have at least 50 (so L = 50) against
 items. In the same run it measures the floors: a trivial endpoint (GET /healthz, the HTTP floor),
 one pipelined Redis read, and the bare model call; and the baseline, a straightforward service
 (devtools/baseline/app.py) on the same Redis data, weights and load. Each run also reads the
-server's CPU time per request from /proc: its main thread (with one worker, the event loop) and all
-its threads. Needs wrk (apt-get install wrk; make bench-service installs it).
+server's CPU time per request from /proc: each worker's main thread (its event loop) and every
+thread of the server's processes. Needs wrk (apt-get install wrk; make bench-service installs it).
 """
 
 from __future__ import annotations
@@ -104,16 +104,33 @@ def wrk(url: str, bodies: list[str] | None, concurrency: int, seconds: int, out:
     }
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants (uvicorn's supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in task.read_text().split()]
+    return out
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU time (user + system) so far of the process's main thread (uvicorn's event loop) and of
-    the whole process."""
+    """CPU time (user + system) so far of the serving processes' main threads (each worker's event
+    loop; with one worker, the server's) and of every thread of the process and its descendants."""
     tick = os.sysconf("SC_CLK_TCK")
 
     def read(path: str) -> float:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0  # a process that ended between the listing and the read
         return (int(fields[11]) + int(fields[12])) / tick
 
-    return read(f"/proc/{pid}/task/{pid}/stat"), read(f"/proc/{pid}/stat")
+    tree = process_tree(pid)
+    # With workers, the supervisor's main thread only watches them: an event loop runs in each worker.
+    loops = [p for p in tree if p != pid] if len(tree) > 1 else tree
+    return sum(read(f"/proc/{p}/task/{p}/stat") for p in loops), sum(read(f"/proc/{p}/stat") for p in tree)
 
 
 def redis_cpu_seconds(client: SyncClient) -> float:

@@ -63,3 +63,32 @@ def test_the_log_cost_pairs_each_rounds_on_run_with_the_same_rounds_off_run():
     assert "adds 0.60 ms of CPU per request" in text  # the median of 0.5 and 0.7
     assert "c = 1: median +10.0% over 1 paired round(s)" in text
     assert log_cost([r for r in rounds if r.get("logging") != "off"]) == ""  # nothing to pair with
+
+
+def test_the_cpu_of_every_worker_process_is_counted(tmp_path):
+    """With several workers the server is a supervisor and its children: their event loops and all
+    their threads count, not the supervisor's main thread alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from devtools.bench_service import cpu_seconds
+
+    ready = tmp_path / "ready"
+    work = "x = 0\nfor i in range(10**7): x += i\n"
+    child = f"{work}open({str(ready)!r}, 'w').close()\nimport time; time.sleep(60)"
+    parent = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
+    try:
+        while not ready.exists():
+            time.sleep(0.05)
+        loops, total = cpu_seconds(proc.pid)
+        # the child's ten million additions are CPU time the parent's main thread never spent
+        assert loops >= 0.05 and total >= loops
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
