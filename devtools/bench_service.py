@@ -142,7 +142,7 @@ def redis_cpu_seconds(client: SyncClient) -> float:
 
 
 def measure(
-    url: str, pid: int, store: SyncClient, bodies: list[str], concurrency: int, seconds: int, out: Path
+    url: str, pid: int, store: SyncClient, bodies: list[str] | None, concurrency: int, seconds: int, out: Path
 ) -> dict:
     """One wrk run, with CPU milliseconds per request: the server's event loop, all its threads,
     and the Redis server(s) behind it."""
@@ -174,9 +174,11 @@ def clear(client: redis.Redis) -> None:
         client.delete(*stale[k : k + 10_000])
 
 
-def redis_floor(client: SyncClient, keys: Keys, users: list[int], runs: int = 2000) -> float:
-    """The median of the read /score makes (history and profile in one pipeline), from a script."""
+def redis_floor(client: SyncClient, keys: Keys, users: list[int], runs: int = 2000) -> tuple[float, float]:
+    """The median time of the read /score makes (history and profile in one pipeline), from a
+    script, and its CPU per read: this client's and the Redis server's."""
     times = []
+    cpu0, server0 = time.process_time(), redis_cpu_seconds(client)
     for k in range(runs):
         u = users[k % len(users)]
         t0 = time.perf_counter()
@@ -185,10 +187,14 @@ def redis_floor(client: SyncClient, keys: Keys, users: list[int], runs: int = 20
         pipe.hgetall(keys.profile(u))
         pipe.execute()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    cpu = time.process_time() - cpu0 + redis_cpu_seconds(client) - server0
+    return statistics.median(times) * 1e3, cpu / runs * 1e3
 
 
-def model_floor(bundle_dir: Path, history: list[dict], candidates: list[dict], runs: int = 500) -> float:
+def model_floor(
+    bundle_dir: Path, history: list[dict], candidates: list[dict], runs: int = 500
+) -> tuple[float, float]:
+    """The bare model call, one onnxruntime thread: its median time and its CPU per call."""
     bundle = load_bundle(bundle_dir, session_options(1))
     behavior = bundle.space.schema.behavior
     features = Features(bundle.space)
@@ -197,11 +203,12 @@ def model_floor(bundle_dir: Path, history: list[dict], candidates: list[dict], r
     for _ in range(50):
         bundle.run(feeds)
     times = []
+    cpu0 = time.process_time()
     for _ in range(runs):
         t0 = time.perf_counter()
         bundle.run(feeds)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, (time.process_time() - cpu0) / runs * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,7 +224,14 @@ def main(argv: list[str] | None = None) -> None:
         default=[0.0, 2.0],
         help="DIN_MICROBATCH_WAIT_MS values to compare (0 = off)",
     )
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[2, 1],
+        help="uvicorn worker processes, each count measured in the same run (2: what the quickstart, "
+        "compose and Kubernetes run; the baseline runs the first)",
+    )
     p.add_argument(
         "--logging",
         nargs="+",
@@ -288,14 +302,15 @@ def main(argv: list[str] | None = None) -> None:
         rng = random.Random(0)
 
         sample_hist = decode_history(client.lrange(keys.history(users[0]), 0, -1))
-        floors = {
-            "redis_p50_ms": redis_floor(client, keys, users),
-            "model_p50_ms": model_floor(tmp / "bundle", sample_hist, rng.sample(items, 200)),
-        }
+        floors: dict[str, float] = {}
+        floors["redis_p50_ms"], floors["redis_cpu_ms"] = redis_floor(client, keys, users)
+        floors["model_p50_ms"], floors["model_cpu_ms"] = model_floor(
+            tmp / "bundle", sample_hist, rng.sample(items, 200)
+        )
         if cluster is not None:
             on_cluster = sync_client(cluster.url)
             load_users(on_cluster, keys_for(cluster.url, PREFIX), a.data)
-            floors["redis_cluster_p50_ms"] = redis_floor(on_cluster, keys_for(cluster.url, PREFIX), users)
+            floors["redis_cluster_p50_ms"], _ = redis_floor(on_cluster, keys_for(cluster.url, PREFIX), users)
             on_cluster.close()
         grid = [(200, 1), (200, 16)] if a.quick else [(n, c) for n in (20, 200) for c in (1, 16)]
         bodies = {
@@ -320,12 +335,14 @@ def main(argv: list[str] | None = None) -> None:
                 None,
                 {
                     "build": "service",
+                    "workers": workers,
                     "microbatch_ms": wait_ms,
                     "logging": logging,
                     "tracing": tracing,
                     "redis": store,
                 },
             )
+            for workers in a.workers
             for store in a.redis
             for wait_ms in a.microbatch_ms
             for logging in a.logging
@@ -337,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                 "BASELINE_REDIS_URL": REDIS_URL,
                 "BASELINE_KEY_PREFIX": PREFIX,
             }
-            builds.append((baseline_env, BASELINE_COMMAND, {"build": "baseline"}))
+            builds.append((baseline_env, BASELINE_COMMAND, {"build": "baseline", "workers": a.workers[0]}))
         stores = {name: sync_client(url) for name, url in urls.items() if url}
         stack = Stack(repo, REDIS_URL, PREFIX)
         servers: list[tuple[Served, dict]] = []
@@ -345,13 +362,20 @@ def main(argv: list[str] | None = None) -> None:
             for store_client in stores.values():
                 running.callback(store_client.close)
             for extra_env, command, labels in builds:  # all up at once: a round runs them back to back
-                served = running.enter_context(stack.serve(a.workers, command, os.environ | extra_env))
+                served = running.enter_context(
+                    stack.serve(labels["workers"], command, os.environ | extra_env)
+                )
                 servers.append((served, labels))
                 for n, c in grid:
                     wrk(served.url, bodies[n], c, 3, tmp / "warm-up.json")
-            floor_run = wrk(servers[0][0].url, None, 1, max(3, a.seconds // 3), tmp / "floor.json")
-            floors["http_p50_ms"] = floor_run["p50_ms"]
+            # The trivial route on the first service: its time, and the CPU of all its processes.
+            first = servers[0][0]
+            floor_run = measure(
+                first.url, first.pid, client, None, 1, max(3, a.seconds // 3), tmp / "floor.json"
+            )
+            floors["http_p50_ms"], floors["http_cpu_ms"] = floor_run["p50_ms"], floor_run["cpu_ms"]
             floors["sum_ms"] = floors["http_p50_ms"] + floors["redis_p50_ms"] + floors["model_p50_ms"]
+            floors["cpu_ms"] = floors["http_cpu_ms"] + floors["redis_cpu_ms"] + floors["model_cpu_ms"]
             print(f"floors: {floors}", flush=True)
             for round_ in range(a.rounds):
                 # Per point of the grid, every build back to back, in reverse order every other round:
@@ -361,14 +385,7 @@ def main(argv: list[str] | None = None) -> None:
                         store = stores[labels.get("redis", "single")]
                         out = tmp / f"score-{n}-{c}-{len(rows)}.json"
                         measured = measure(served.url, served.pid, store, bodies[n], c, a.seconds, out)
-                        row = {
-                            "n": n,
-                            "l": L,
-                            "concurrency": c,
-                            "workers": a.workers,
-                            "round": round_,
-                            **labels,
-                        }
+                        row = {"n": n, "l": L, "concurrency": c, "round": round_, **labels}
                         rows.append(row | measured)
                         print(
                             f"round {round_ + 1}/{a.rounds} {describe(row)} N={n:4d} L={L} c={c:2d}: "
@@ -408,8 +425,12 @@ def main(argv: list[str] | None = None) -> None:
             else ""
         )
         + f"bare model call (N = 200, L = 50, 1 thread) p50 {floors['model_p50_ms']:.2f} ms; "
-        f"their sum {floors['sum_ms']:.2f} ms. "
-        f"{a.workers} uvicorn worker(s), admission control "
+        f"their sum {floors['sum_ms']:.2f} ms. CPU floor per request: the trivial route "
+        f"{floors['http_cpu_ms']:.2f} ms (all the first service's processes), the Redis read "
+        f"{floors['redis_cpu_ms']:.2f} ms (client and server), the model call "
+        f"{floors['model_cpu_ms']:.2f} ms; "
+        f"{floors['cpu_ms']:.2f} ms in all, {2000 / floors['cpu_ms']:.0f} requests/s on two cores. "
+        f"Admission control "
         f"{f'at DIN_MAX_QUEUE_MS={a.max_queue_ms:g}' if a.max_queue_ms else 'off'}. "
         f"Machine: {info}; wrk and the server share it."
     )
@@ -432,10 +453,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def describe(row: dict) -> str:
     if row["build"] == "baseline":
-        return "baseline"
+        return (
+            f"baseline, {row['workers']} worker{'s' if row['workers'] != 1 else ''}"
+            if "workers" in row
+            else "baseline"
+        )
     traced = "" if row.get("tracing", "off") == "off" else f", tracing {row['tracing']}"
     store = ", Redis Cluster" if row.get("redis") == "cluster" else ""
-    return f"service, micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}{traced}{store}"
+    workers = f"{row['workers']} worker{'s' if row['workers'] != 1 else ''}, " if "workers" in row else ""
+    return f"service, {workers}micro-batch {row['microbatch_ms']:g} ms, log {row['logging']}{traced}{store}"
 
 
 TRACING = {"off": None, "1%": 0.01, "100%": 1.0}  # the share of requests sampled
@@ -451,12 +477,16 @@ def tracing_env(tracing: str, sink: OtlpSink | None) -> dict[str, str]:
 
 
 def table(rows: list[dict], floors: dict) -> str:
+    """A row per setup: latency against the sum of the floors' times, and CPU per request (every
+    process of the server, plus Redis) against the CPU floor."""
     md = "| build | N | L | concurrency | p50 ms | p50 / floors | p95 ms | p99 ms | requests/s "
-    md += "| event-loop CPU ms/request | Redis CPU ms/request | errors |\n" + "|---" * 12 + "|\n"
+    md += "| event-loop CPU ms/request | CPU ms/request, server + Redis | × CPU floor | errors |\n"
+    md += "|---" * 13 + "|\n"
     return md + "\n".join(
         f"| {describe(r)} | {r['n']} | {r['l']} | {r['concurrency']} | {r['p50_ms']:.2f} "
         f"| {r['p50_ms'] / floors['sum_ms']:.1f}× | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} "
-        f"| {r['loop_cpu_ms']:.2f} | {r['redis_cpu_ms']:.2f} | {r['errors']} |"
+        f"| {r['loop_cpu_ms']:.2f} | {r['cpu_ms'] + r['redis_cpu_ms']:.2f} "
+        f"| {(r['cpu_ms'] + r['redis_cpu_ms']) / floors['cpu_ms']:.1f}× | {r['errors']} |"
         for r in rows
     )
 

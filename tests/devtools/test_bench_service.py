@@ -25,11 +25,14 @@ ROWS = [
 ]  # fmt: skip
 
 
-def test_each_row_gives_its_median_against_the_sum_of_the_floors():
-    lines = table(ROWS, {"sum_ms": 1.0}).splitlines()
+def test_each_row_gives_its_median_against_the_sum_of_the_floors_and_its_cpu_against_the_cpu_floor():
+    lines = table(ROWS, {"sum_ms": 1.0, "cpu_ms": 1.05}).splitlines()
     assert len(lines) == 2 + len(ROWS)
     assert "| service, micro-batch 0 ms, log on | 200 | 50 | 1 | 2.00 | 2.0× |" in lines[2]
+    assert lines[2].endswith("| 1.00 | 2.10 | 2.0× | 0 |")  # (server 2.0 + Redis 0.1) / 1.05
     assert lines[-1].startswith("| baseline | 200 | 50 | 16 | 100.00 | 100.0× |")
+    two = table([ROWS[0] | {"workers": 2}], {"sum_ms": 1.0, "cpu_ms": 1.0}).splitlines()[2]
+    assert two.startswith("| service, 2 workers, micro-batch 0 ms, log on |")
 
 
 def test_the_service_with_its_log_on_is_compared_with_the_baseline():
