@@ -18,7 +18,7 @@ from contracts.bundle import Bundle
 from contracts.feeds import one_candidate_per_request
 from contracts.schema import FeatureSchema, current_context
 from model.data import encode
-from model.evaluation import evaluate
+from model.evaluation import evaluate, gauc
 
 
 def predict_bundle(bundle: Bundle, table: pa.Table, chunk: int = 4096) -> np.ndarray:
@@ -35,12 +35,13 @@ def predict_bundle(bundle: Bundle, table: pa.Table, chunk: int = 4096) -> np.nda
 
 
 def evaluate_bundle(bundle: Bundle, table: pa.Table) -> dict[str, float]:
-    """AUC, GAUC and logloss of the bundle on the table's labelled impressions."""
-    return evaluate(
-        table["user_id"].to_numpy(zero_copy_only=False),
-        table["label"].to_numpy().astype(np.float32),
-        predict_bundle(bundle, table),
-    )
+    """AUC, GAUC, logloss and calibration of the bundle on the table's labelled impressions; on
+    served logs (a ``rank`` column), also the AUC within each served position."""
+    labels, probs = table["label"].to_numpy().astype(np.float32), predict_bundle(bundle, table)
+    metrics = evaluate(table["user_id"].to_numpy(zero_copy_only=False), labels, probs)
+    if "rank" in table.column_names and table["rank"].null_count == 0:
+        metrics["position_auc"] = gauc(table["rank"].to_numpy(), labels, probs)
+    return metrics
 
 
 def live_sample(
@@ -110,11 +111,26 @@ class GateResult:
     needed: dict[str, float] = field(default_factory=dict)
 
 
+def ranking_metric(candidate: dict[str, float], serving: dict[str, float]) -> tuple[str, str]:
+    """The metric the ranking check compares, and its name. On served logs the serving version
+    chose which item each user saw in which position, and a higher position is clicked more for
+    being higher: per-user GAUC then credits the serving version with its own positions, and
+    refuses every retrain where position matters. The AUC within each position compares items
+    that had the same place, so it judges what each version knows of the items, not where the
+    logs put them."""
+    if math.isfinite(candidate.get("position_auc", math.nan)) and math.isfinite(
+        serving.get("position_auc", math.nan)
+    ):
+        return "position_auc", "AUC within served positions"
+    return "gauc", "test GAUC"
+
+
 def judge(
     candidate: dict[str, float], serving: dict[str, float] | None, shift: float, margins: Margins
 ) -> GateResult:
-    """Passes unless the candidate is worse than the serving version by more than a margin in GAUC,
-    logloss or calibration, or its CTRs shift on the current context; the reason names each check."""
+    """Passes unless the candidate is worse than the serving version by more than a margin in
+    ranking (GAUC; on served logs, the AUC within each served position), logloss or calibration,
+    or its CTRs shift on the current context; the reason names each check."""
     c, m = candidate, margins
     said_shift = f"its CTRs shift on the current context (PSI {shift:.3f} > {m.shift})"
     checks = [(shift, m.shift, "--shift-margin", said_shift)]
@@ -122,15 +138,18 @@ def judge(
         verdict = f"no version is serving yet; test GAUC {c['gauc']:.4f}, context shift PSI {shift:.3f}"
     else:
         s = serving
-        gauc = f"test GAUC {c['gauc']:.4f} vs serving {s['gauc']:.4f} (margin {m.gauc:.4f})"
+        metric, name = ranking_metric(c, s)
+        ranking = f"{name} {c[metric]:.4f} vs serving {s[metric]:.4f} (margin {m.gauc:.4f})"
+        if metric != "gauc":
+            ranking += f", test GAUC {c['gauc']:.4f} vs {s['gauc']:.4f}"
         logloss = f"logloss {c['logloss']:.4f} vs serving {s['logloss']:.4f} (margin {m.logloss})"
         calibration = (
             f"calibration {c['calibration']:.3f} vs serving {s['calibration']:.3f} (margin {m.calibration})"
         )
-        verdict = f"{gauc}, {logloss}, {calibration}, context shift PSI {shift:.3f}"
+        verdict = f"{ranking}, {logloss}, {calibration}, context shift PSI {shift:.3f}"
         worse_calibration = abs(c["calibration"] - 1) - abs(s["calibration"] - 1)
         checks = [
-            (s["gauc"] - c["gauc"], m.gauc, "--gauc-margin", gauc),
+            (s[metric] - c[metric], m.gauc, "--gauc-margin", ranking),
             (c["logloss"] - s["logloss"], m.logloss, "--logloss-margin", logloss),
             (worse_calibration, m.calibration, "--calibration-margin", calibration),
             *checks,

@@ -15,6 +15,7 @@ from contracts.bundle import load_bundle
 from jobs.gate import Margins, judge, live_sample, live_shift, psi
 from model.config import DINConfig, TrainConfig
 from model.data import infer_schema
+from model.evaluation import gauc
 from model.onnx_export import export_bundle
 from model.synthetic import SyntheticSpec, generate
 from model.train import run
@@ -55,6 +56,36 @@ def test_each_check_refuses_alone_and_says_what_would_let_it_through():
         assert not refused.passed and list(refused.needed) == [flag], refused
         loosened = Margins(**{flag.removeprefix("--").removesuffix("-margin"): refused.needed[flag]})
         assert judge(candidate, METRICS, shift, loosened).passed  # the margin it names lets it through
+
+
+def test_on_served_logs_with_position_bias_the_better_model_wins_within_positions():
+    """Logs the serving version ranked: the k-th position is clicked 1/k as often. A candidate that
+    knows each item's appeal loses to the serving version on per-user GAUC (the serving version
+    put the clicked items on top) and wins within each position, which the gate then compares."""
+    rng = np.random.default_rng(0)
+    requests, k = 4000, 5
+    appeal = rng.uniform(0.05, 0.6, size=(requests, k))
+    serving = appeal + rng.normal(0, 0.25, size=appeal.shape)  # a noisier guess of the appeal
+    order = np.argsort(-serving, axis=1)  # the serving version's ranking is what was shown
+    shown = np.take_along_axis(appeal, order, axis=1)
+    clicks = rng.random(shown.shape) < shown / np.arange(1, k + 1)
+    users = np.repeat(np.arange(requests) // 4, k)  # four visits a user
+    ranks = np.tile(np.arange(1, k + 1), requests)
+    labels = clicks.ravel().astype(np.float32)
+    by_serving = np.take_along_axis(serving, order, axis=1).ravel()
+    by_candidate = shown.ravel()  # the candidate knows the appeal
+    assert gauc(users, labels, by_serving) > gauc(users, labels, by_candidate)  # the incumbent's edge
+    assert gauc(ranks, labels, by_candidate) > gauc(ranks, labels, by_serving) + 0.02
+
+    def metrics(scores: np.ndarray) -> dict[str, float]:
+        return METRICS | {"gauc": gauc(users, labels, scores), "position_auc": gauc(ranks, labels, scores)}
+
+    verdict = judge(metrics(by_candidate), metrics(by_serving), 0.01, Margins())
+    assert verdict.passed and "AUC within served positions" in verdict.reason
+    refused = judge(metrics(by_serving), metrics(by_candidate), 0.01, Margins())
+    assert not refused.passed and list(refused.needed) == ["--gauc-margin"]
+    # Without positions (data that was not served), GAUC decides as before.
+    assert judge(METRICS | {"gauc": 0.79}, METRICS | {"position_auc": 0.9}, 0.01, Margins()).needed
 
 
 @pytest.mark.slow
