@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Serve a DIN on a working default: install, train a small model on SYNTHETIC data if none is
 # published yet, load demo behaviours into Redis, and run the API.
-#   HOST     interface to bind (default 127.0.0.1; 0.0.0.0 exposes /events and /profile, which
-#            have no authentication, to every network the machine is on)
+#   HOST     interface to bind (default 127.0.0.1; any other needs API keys, DIN_API_KEYS or
+#            DIN_API_KEYS_FILE: the service refuses to serve a network without them)
 #   PORT     port (default 8000)
 #   WORKERS  server processes (default 2)
 #   DIN_REDIS_URL (or REDIS_URL)  where the service, and the demo behaviours, live
