@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "--table-from",
         type=Path,
         metavar="JSON",
-        help="write --readme's block from a saved --json result, and stop",
+        help="write --readme's block (and --png's chart) from a saved --json result, and stop",
     )
     add_experiment_args(p)
     a = p.parse_args(argv)
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(a.table_from.read_text())
         world = result.get("settings", {}).get("world", "drifting")
         replace_readme_block(a.readme, f"simulate_{world}", table(result))
+        if a.png:
+            plot(result["days"], a.png)
         return 0
     if a.quick and a.experiment:  # enough users for the split to decide a broken canary quickly
         a.visits, a.epochs, a.max_impressions, a.rate = 1, 2, min(a.max_impressions, 6000), 100
@@ -292,14 +294,22 @@ def plot(days: list[dict[str, Any]], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = [d["day"] for d in days]
-    for key, label in (("oracle_ctr", "oracle"), ("ctr", "served model"), ("random_ctr", "random")):
-        ax1.plot(x, [d[key] for d in days], "o-", label=label)
-    ax1.set(xlabel="day (retrained on its own logs after each)", ylabel="CTR", ylim=(0, None))
-    ax1.legend(loc="center right")
-    ax2.plot(x, [d["ctr"] / d["oracle_ctr"] for d in days], "o-", color="C1", label="served model")
-    ax2.plot(x, [d["random_ctr"] / d["oracle_ctr"] for d in days], "o-", color="C2", label="random")
-    ax2.set(xlabel="day", ylabel="share of the oracle's CTR", ylim=(0, 1))
-    ax2.legend(loc="center right")
+    series = (("oracle_ctr", "oracle"), ("reachable_ctr", "reachable"), ("ctr", "served model"),
+              ("yardstick_ctr", "yardstick"), ("random_ctr", "random"))  # fmt: skip
+    for key, label in series:
+        known = [(d["day"], d[key]) for d in days if d.get(key) is not None]
+        if known:
+            ax1.plot(*zip(*known, strict=True), "o-", label=label)
+    top = max(d["oracle_ctr"] for d in days)
+    ax1.set(xlabel="day (retrained on its own logs after each)", ylabel="CTR", ylim=(0, top * 1.35))
+    ax1.legend(loc="upper center", ncol=3, fontsize="small")
+    ax2.plot(x, [d["ctr"] / d["oracle_ctr"] for d in days], "o-", color="C2", label="served model")
+    yardstick = [(d["day"], d["yardstick_ctr"] / d["oracle_ctr"]) for d in days if d.get("yardstick_ctr")]
+    if yardstick:
+        ax2.plot(*zip(*yardstick, strict=True), "o-", color="C3", label="yardstick")
+    ax2.plot(x, [d["random_ctr"] / d["oracle_ctr"] for d in days], "o-", color="C4", label="random")
+    ax2.set(xlabel="day", ylabel="share of the oracle's CTR", ylim=(0, 1.15))
+    ax2.legend(loc="upper center", ncol=3, fontsize="small")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -57,3 +57,22 @@ def test_a_quick_experiment_aborts_a_broken_canary_and_counts_what_the_simulator
         seen, served = broken[f"{arm}_impressions_at_decision"], broken["arms"][arm]["impressions"]
         assert 0 < seen <= served and seen >= served / 2, (arm, broken)
     assert result["false_decisions"] == 0  # no identical canary ran
+
+
+def test_a_saved_result_rewrites_its_worlds_block_and_chart(tmp_path):
+    days = [{"day": d, "model_version": f"day{d}", "impressions": 100, "clicks": 20 + d,
+             "ctr": 0.2 + d / 100, "served_ctr": 0.25, "calibration": 1.2, "oracle_ctr": 0.4,
+             "reachable_ctr": 0.3, "random_ctr": 0.1, "gauc": 0.6, "retrain": "deployed",
+             **({"yardstick_ctr": 0.3} if d else {})} for d in range(3)]  # fmt: skip
+    saved = tmp_path / "run.json"
+    saved.write_text(
+        json.dumps({"command": "x", "machine": "m", "settings": {"world": "new-items"}, "days": days})
+    )
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- simulate_new-items:start -->\nold\n<!-- simulate_new-items:end -->\nafter\n")
+    png = tmp_path / "chart.png"
+    assert main(["--table-from", str(saved), "--readme", str(doc), "--png", str(png)]) == 0
+    text = doc.read_text()
+    assert "\nold\n" not in text and text.count("| day |") == 1 and "| 2 | day2 |" in text
+    assert text.startswith("before\n") and text.endswith("after\n")
+    assert png.stat().st_size > 0
