@@ -156,4 +156,7 @@ def judge(
         ]
     failed = [(value, flag, said) for value, margin, flag, said in checks if value > margin]
     needed = {flag: math.ceil(value * 1e4) / 1e4 for value, flag, _ in failed}
-    return GateResult(not failed, c, serving, "; ".join(said for _, _, said in failed) or verdict, needed)
+    # A refusal names what failed first, then every figure, so a better ranking refused for its
+    # calibration alone shows as such.
+    reason = f"{'; '.join(said for _, _, said in failed)} (all: {verdict})" if failed else verdict
+    return GateResult(not failed, c, serving, reason, needed)

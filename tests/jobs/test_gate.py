@@ -54,6 +54,9 @@ def test_each_check_refuses_alone_and_says_what_would_let_it_through():
     for flag, (candidate, shift) in cases.items():
         refused = judge(candidate, METRICS, shift, Margins())
         assert not refused.passed and list(refused.needed) == [flag], refused
+        assert (
+            "(all: test GAUC" in refused.reason or flag == "--shift-margin"
+        )  # every figure, not only the failed
         loosened = Margins(**{flag.removeprefix("--").removesuffix("-margin"): refused.needed[flag]})
         assert judge(candidate, METRICS, shift, loosened).passed  # the margin it names lets it through
 
