@@ -177,6 +177,12 @@ def caller(scope: Scope) -> KeyEntry | None:
     return entry
 
 
+def caller_id(scope: Scope) -> str:
+    """The id of the caller's key, ANONYMOUS when no keys are configured."""
+    entry = caller(scope)
+    return entry.id if entry is not None else ANONYMOUS
+
+
 def require(scope: Scope, needed: str, loc: tuple[str, ...]) -> None:
     """A scope beyond the route's own (``explain`` on /score): 403 when the caller's key lacks it."""
     entry = caller(scope)

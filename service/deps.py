@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.auth import ANONYMOUS, caller
+from service.auth import caller_id
 from service.body import json_body
 from service.payloads import ErasureRequest, EventsRequest, ProfileRequest
 from service.services import Services, services_of
@@ -22,8 +22,7 @@ async def get_services(request: Request) -> Services:
 
 async def get_caller_id(request: Request) -> str:
     """The id of the caller's API key ("-" when no keys are configured)."""
-    entry = caller(request.scope)
-    return entry.id if entry is not None else ANONYMOUS
+    return caller_id(request.scope)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

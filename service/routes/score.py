@@ -17,7 +17,7 @@ from opentelemetry.trace import get_current_span
 
 from contracts.ids import REQUEST_ID_PATTERN
 from service import scoring
-from service.auth import ANONYMOUS, caller, require
+from service.auth import caller_id, require
 from service.body import json_route, parse
 from service.errors import InvalidInput
 from service.payloads import ScoreRequest, ScoreResponse
@@ -55,14 +55,12 @@ async def score(request: Request) -> Response:
     req = parse(ScoreRequest, await request.body(), headers.get("content-type"))
     if req.explain:  # it returns the user's stored history: a scope of its own
         require(request.scope, "explain", ("body", "explain"))
-    key = caller(request.scope)
     from_header = header_request_id(headers.get("x-request-id"))  # checked even when the body has one
     request_id = req.request_id or from_header or os.urandom(16).hex()
     # The version serving this user now (their experiment arm); the request keeps it through a reload.
     runner, shadow = services.models.route(req.user_id)
     deadline = request.scope.get("state", {}).get("deadline")
-    key_id = key.id if key is not None else ANONYMOUS
-    body = await scoring.score(req, request_id, services, runner, shadow, deadline, key_id)
+    body = await scoring.score(req, request_id, services, runner, shadow, deadline, caller_id(request.scope))
     # Serialised directly: FastAPI's generic response encoding cost more than the model run.
     if get_current_span().is_recording():  # tracing on, and this request sampled
         with services.tracer.start_as_current_span("din.serialize"):
